@@ -1,0 +1,1 @@
+"""turbospec.cuda.emu"""

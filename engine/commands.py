@@ -1,0 +1,25 @@
+"""Engine subcommands. Each feature module exposes ``register(subparsers)``; heavy imports
+(numpy kernels, model code) happen inside the command functions, not here."""
+
+from __future__ import annotations
+
+import importlib
+
+FEATURE_MODULES = [
+    "turbospec.engine.cmd_run",  # demo, run, ppl, cache
+    "turbospec.engine.cmd_quant_stats",  # quant-stats (KV codecs)
+    "turbospec.engine.cmd_quantize",  # quantize (TQ3_1S / TQ4_1S weights)
+    "turbospec.engine.cmd_sweep",  # sweep
+    "turbospec.engine.cmd_train",  # train-assistant
+]
+
+
+def register(sub) -> None:
+    for name in FEATURE_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        mod.register(sub)

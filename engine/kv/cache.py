@@ -1,0 +1,302 @@
+"""The KV cache: per-layer packed K and V blocks, one codec for K and one for V.
+
+Every cell holds the packed bytes of one token's K (and V) for each KV head, laid out as the
+codec's blocks (DESIGN.md's table); there is no float copy of the cache anywhere. Attention
+decodes the cells it needs for the current step, tile by tile, and the tokens of the current
+batch are encoded first and read back through the codec too (as llama.cpp does), so the
+cache type shapes every number — prefill, decode, verification and perplexity alike.
+
+Global layers grow by doubling (amortised O(1) per token). Sliding-window layers are a ring
+of ``window + slack`` cells: the window, plus room to roll back rejected draft tokens
+(``slack`` = the longest draft, 32). Cells carry their position; a cell is visible to a query
+at position p when ``pos <= p`` and, on sliding layers, ``p - pos < window``
+(llama.cpp's standard SWA mask).
+
+Turbo types work in the rotated domain: Q is rotated once per step (scores <Rq, Rk> = <q, k>),
+attention runs over rotated V, and the output is rotated back. K channel equalization
+(``equalize``) stores K ⊙ s and scores with Q ⊙ (1/s).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from turbospec.errors import UserError
+
+ATTN_TILE = 2048  # cells per attention tile (decoded K+V tile: 2 x 2048 x 256 x 4 B = 4 MB)
+
+
+class _F16Codec:
+    """Fallback f16 codec (used only if the codec registry is unavailable)."""
+
+    name = "f16"
+    block = 1
+    type_size = 2
+    bits_per_value = 16.0
+    rotated = False
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x, dtype=np.float16).view(np.uint8)
+
+    def decode(self, packed: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(packed).view(np.float16).astype(np.float32)
+
+
+def get_codec(name: str):
+    try:
+        from turbospec.engine.kv.codecs import get_codec as registry
+    except ImportError:
+        if name != "f16":
+            raise UserError(f"cache type {name!r} is not available in this build; use f16") from None
+        return _F16Codec()
+    return registry(name)
+
+
+def cache_type_names() -> list[str]:
+    try:
+        from turbospec.engine.kv.codecs import CODECS
+    except ImportError:
+        return ["f16"]
+    return list(CODECS)
+
+
+@dataclass
+class KVConfig:
+    type_k: str = "f16"
+    type_v: str = "f16"
+    equalize: float = 0.0  # K channel equalization strength; 0 = off
+    equalize_tokens: int = 64
+    slack: int = 32  # extra ring cells on sliding layers for rolling back drafts
+
+
+class LayerKV:
+    def __init__(self, layer: int, n_head_kv: int, head_dim: int, sliding: bool, window: int, cfg: KVConfig):
+        self.layer = layer
+        self.n_head_kv = n_head_kv
+        self.head_dim = head_dim
+        self.sliding = sliding
+        self.window = window
+        self.ck = get_codec(cfg.type_k)
+        self.cv = get_codec(cfg.type_v)
+        self.dk = -(-head_dim // self.ck.block) * self.ck.block
+        self.dv = -(-head_dim // self.cv.block) * self.cv.block
+        self.kbytes = self.dk // self.ck.block * self.ck.type_size
+        self.vbytes = self.dv // self.cv.block * self.cv.type_size
+        self.cap = window + cfg.slack if sliding else 256
+        self.k = np.zeros((self.cap, n_head_kv, self.kbytes), np.uint8)
+        self.v = np.zeros((self.cap, n_head_kv, self.vbytes), np.uint8)
+        self.pos = np.full(self.cap, -1, np.int64)
+        self.n = 0  # cells in use (global: slots 0..n-1; sliding: filled slots of the ring)
+        self.eq_strength = cfg.equalize if self.ck.name != "f16" else 0.0
+        self.eq_tokens = cfg.equalize_tokens
+        self.eq_scale: np.ndarray | None = None  # s (head_dim,), K is stored as K * s
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    @property
+    def bytes_per_token(self) -> int:
+        return self.n_head_kv * (self.kbytes + self.vbytes)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the cells in use (what the cache holds for the current context)."""
+        return int(np.count_nonzero(self.pos >= 0)) * self.bytes_per_token
+
+    @property
+    def nbytes_allocated(self) -> int:
+        return int(self.k.nbytes + self.v.nbytes)
+
+    def clear(self) -> None:
+        self.pos[:] = -1
+        self.n = 0
+        self.eq_scale = None
+
+    def truncate(self, n_past: int) -> None:
+        """Forget every cell at position >= n_past (rejected drafts, a new prompt)."""
+        drop = self.pos >= n_past
+        self.pos[drop] = -1
+        if not self.sliding:
+            self.n = min(self.n, max(n_past, 0))
+        if n_past <= 0:
+            self.clear()
+
+    def _grow(self, need: int) -> None:
+        if need <= self.cap:
+            return
+        cap = self.cap
+        while cap < need:
+            cap *= 2
+        k = np.zeros((cap, self.n_head_kv, self.kbytes), np.uint8)
+        v = np.zeros((cap, self.n_head_kv, self.vbytes), np.uint8)
+        pos = np.full(cap, -1, np.int64)
+        k[: self.cap], v[: self.cap], pos[: self.cap] = self.k, self.v, self.pos
+        self.k, self.v, self.pos, self.cap = k, v, pos, cap
+
+    # -- codec helpers ----------------------------------------------------------------------
+    def _pad(self, x: np.ndarray, d: int) -> np.ndarray:
+        if x.shape[-1] == d:
+            return x
+        out = np.zeros(x.shape[:-1] + (d,), np.float32)
+        out[..., : x.shape[-1]] = x
+        return out
+
+    def _check_finite(self, x: np.ndarray, what: str, qpos: np.ndarray) -> None:
+        ok = np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
+        if not ok.all():
+            t = int(np.argmin(ok))
+            raise UserError(
+                f"non-finite {what} (NaN or inf) at layer {self.layer}, position {int(qpos[t])}: "
+                "the model produced garbage; check the model file and the input tokens"
+            )
+
+    def _equalize_from(self, k: np.ndarray) -> None:
+        """K channel equalization scales from the first tokens' K (DESIGN.md)."""
+        x = k.reshape(-1, k.shape[-1])[: self.eq_tokens * self.n_head_kv]
+        rms = np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=0))
+        rms = np.where(rms > 0, rms, 1.0)
+        self.eq_scale = ((rms.mean() / rms) ** self.eq_strength).astype(np.float32)
+
+    def encode(self, k: np.ndarray, v: np.ndarray, qpos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float K, V (T, n_head_kv, head_dim) -> packed cells (T, n_head_kv, bytes)."""
+        self._check_finite(k, "K", qpos)
+        self._check_finite(v, "V", qpos)
+        if self.eq_strength and self.eq_scale is None:
+            self._equalize_from(k)
+        if self.eq_scale is not None:
+            k = k * self.eq_scale
+        return self.ck.encode(self._pad(k, self.dk)), self.cv.encode(self._pad(v, self.dv))
+
+    def write(self, kp: np.ndarray, vp: np.ndarray, qpos: np.ndarray) -> None:
+        if self.sliding:
+            if len(qpos) > self.cap:  # only the last `cap` positions can stay in the ring
+                kp, vp, qpos = kp[-self.cap :], vp[-self.cap :], qpos[-self.cap :]
+            slots = qpos % self.cap
+        else:
+            end = int(qpos[-1]) + 1
+            self._grow(end)
+            slots = qpos
+            self.n = max(self.n, end)
+        self.k[slots] = kp
+        self.v[slots] = vp
+        self.pos[slots] = qpos
+
+    # -- attention --------------------------------------------------------------------------
+    def _visible_slots(self, p_lo: int, p_hi: int) -> np.ndarray | slice:
+        """Slots holding positions in [p_lo, p_hi] (a slice when contiguous)."""
+        if not self.sliding:
+            lo = max(p_lo, 0)
+            hi = min(p_hi + 1, self.n)
+            return slice(lo, max(lo, hi))
+        sel = np.nonzero((self.pos >= max(p_lo, 0)) & (self.pos <= p_hi))[0]
+        return sel
+
+    def attend(
+        self,
+        q: np.ndarray,
+        qpos: np.ndarray,
+        scale: float,
+        k_new: np.ndarray | None = None,
+        v_new: np.ndarray | None = None,
+        max_pos: int | None = None,
+    ) -> np.ndarray:
+        """Attention of queries q (T, n_head, head_dim) at positions qpos over this layer.
+
+        With k_new/v_new (T, n_head_kv, head_dim) the batch's own K/V are encoded, attended
+        (read back through the codec) and written into the cache. Without them the call is
+        read-only (the MTP drafter reading the target's cache): cells at positions <= max_pos.
+        """
+        T, n_head, hd = q.shape
+        g = n_head // self.n_head_kv
+        q = q.astype(np.float32, copy=False)
+        new_k = new_v = None
+        if k_new is not None:
+            new_k, new_v = self.encode(k_new, v_new, qpos)
+        if self.eq_scale is not None:
+            q = q / self.eq_scale
+        qd = self._pad(q, self.dk)
+        if self.ck.rotated:
+            qd = self.ck.rotate(qd)
+        p_max = int(qpos.max())
+        p_min = int(qpos.min())
+        if k_new is not None:
+            hi = p_min - 1  # old cells strictly before the batch; the batch itself comes from new_k
+        else:
+            hi = min(p_max, max_pos if max_pos is not None else p_max)
+        lo = p_min - self.window + 1 if self.sliding else 0
+        sl = self._visible_slots(lo, hi)
+        kc = self.k[sl]
+        vc = self.v[sl]
+        kpos = self.pos[sl]
+        if new_k is not None:
+            kc = np.concatenate([kc, new_k], axis=0) if len(kc) else new_k
+            vc = np.concatenate([vc, new_v], axis=0) if len(vc) else new_v
+            kpos = np.concatenate([kpos, qpos.astype(np.int64)])
+        out = self._attend_cells(qd, qpos, kc, vc, kpos, scale, g, max_pos if k_new is None else None)
+        if self.cv.rotated:
+            out = self.cv.unrotate(out)
+        out = out[..., :hd]
+        if new_k is not None:
+            self.write(new_k, new_v, qpos)
+        return out
+
+    def _attend_cells(self, qd, qpos, kc, vc, kpos, scale, g, max_pos) -> np.ndarray:
+        """Masked softmax attention over packed cells, tile by tile (online softmax)."""
+        T = qd.shape[0]
+        hkv = self.n_head_kv
+        n = kc.shape[0]
+        # queries grouped by KV head: (hkv, T*g, dk)
+        qg = qd.reshape(T, hkv, g, self.dk).transpose(1, 0, 2, 3).reshape(hkv, T * g, self.dk) * np.float32(scale)
+        m = np.full((hkv, T * g, 1), -np.inf, np.float32)
+        s_sum = np.zeros((hkv, T * g, 1), np.float32)
+        acc = np.zeros((hkv, T * g, self.dv), np.float32)
+        qp = qpos.astype(np.int64)[:, None]
+        if max_pos is not None:
+            qp = np.minimum(qp, max_pos)
+        for a in range(0, n, ATTN_TILE):
+            b = min(a + ATTN_TILE, n)
+            kt = self.ck.decode(kc[a:b].reshape(-1, self.kbytes)).reshape(b - a, hkv, self.dk)
+            vt = self.cv.decode(vc[a:b].reshape(-1, self.vbytes)).reshape(b - a, hkv, self.dv)
+            kp = kpos[a:b][None, :]
+            vis = kp <= qp
+            if self.sliding:
+                vis &= (qp - kp) < self.window
+            bias = np.where(vis, np.float32(0), np.float32(-np.inf))  # (T, tile)
+            bias = np.repeat(bias, g, axis=0)[None]  # (1, T*g, tile)
+            s = np.matmul(qg, kt.transpose(1, 2, 0)) + bias  # (hkv, T*g, tile)
+            m_new = np.maximum(m, s.max(axis=-1, keepdims=True))
+            m_safe = np.where(np.isfinite(m_new), m_new, 0)
+            p = np.exp(s - m_safe)
+            corr = np.exp(np.where(np.isfinite(m), m - m_safe, -np.inf))
+            s_sum = s_sum * corr + p.sum(axis=-1, keepdims=True)
+            acc = acc * corr + np.matmul(p, vt.transpose(1, 0, 2))
+            m = m_new
+        out = acc / np.where(s_sum > 0, s_sum, 1)
+        return out.reshape(hkv, T, g, self.dv).transpose(1, 0, 2, 3).reshape(T, hkv * g, self.dv)
+
+
+class KVCache:
+    """All layers' caches; ``n_past`` is the number of positions the cache covers."""
+
+    def __init__(self, n_layer: int, n_head_kv: int, head_dim: int, sliding: list[bool], window: int,
+                 cfg: KVConfig | None = None):
+        self.cfg = cfg or KVConfig()
+        self.layers = [LayerKV(i, n_head_kv, head_dim, sliding[i], window, self.cfg) for i in range(n_layer)]
+        self.n_past = 0
+
+    def clear(self) -> None:
+        for lay in self.layers:
+            lay.clear()
+        self.n_past = 0
+
+    def truncate(self, n_past: int) -> None:
+        for lay in self.layers:
+            lay.truncate(n_past)
+        self.n_past = min(self.n_past, n_past)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(lay.nbytes for lay in self.layers)
+
+    def bytes_per_token(self, sliding: bool | None = None) -> int:
+        return sum(lay.bytes_per_token for lay in self.layers if sliding is None or lay.sliding == sliding)

@@ -1,0 +1,200 @@
+"""Prepared weights and the on-disk weight cache.
+
+The first start of a model dequantizes its tensors into the storage the engine computes with
+(float32 norms, fused linear weights as float32 or row-scaled int16) and saves them as .npy
+files under ``cache_dir()/<sha256 of the GGUF>/``; later starts memory-map them (a warm start
+reads nothing until the first token touches the pages). Entries are written to a temporary
+name and renamed, so an interrupted first start leaves no half-written entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from turbospec.engine.gguf import GGUFFile
+from turbospec.engine.linear import Dense, RowInt16, quantize_rows_int16
+
+from turbospec.errors import UserError
+from turbospec.paths import cache_dir
+
+CACHE_FORMAT = 1
+INT16_MIN_ELEMENTS = 1 << 18  # smaller matrices stay float32 (exact; their bytes do not matter)
+
+
+@dataclass(frozen=True)
+class StoragePolicy:
+    """How linear weights are stored: ``f32`` (exact), ``i16`` (row-scaled int16), ``auto``
+    (int16 for matrices of at least INT16_MIN_ELEMENTS weights, float32 below)."""
+
+    linear: str = "auto"
+
+    def kind(self, n_elements: int) -> str:
+        if self.linear == "auto":
+            return "i16" if n_elements >= INT16_MIN_ELEMENTS else "f32"
+        if self.linear not in ("f32", "i16"):
+            raise UserError(f"unknown weight storage {self.linear!r}; use auto, f32 or i16")
+        return self.linear
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, memoized in the cache folder by (path, size, mtime)."""
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    memo_path = cache_dir() / "sha256.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if key in memo:
+        return memo[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    digest = h.hexdigest()
+    memo[key] = digest
+    try:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(memo))
+        tmp.replace(memo_path)
+    except OSError:
+        pass
+    return digest
+
+
+@dataclass
+class Entry:
+    key: str
+    sources: tuple[str, ...]  # GGUF tensor names, concatenated along rows
+    kind: str  # "norm" | "linear"
+
+
+class WeightStore:
+    """Prepared arrays of one GGUF file, cached on disk by the file's sha256."""
+
+    def __init__(self, gguf: GGUFFile, policy: StoragePolicy | None = None, use_cache: bool = True):
+        self.gguf = gguf
+        self.policy = policy or StoragePolicy()
+        self.use_cache = use_cache and os.environ.get("TURBOSPEC_NO_CACHE", "") in ("", "0")
+        self.sha256 = file_sha256(gguf.path)
+        self.dir = cache_dir() / f"{self.sha256[:24]}-f{CACHE_FORMAT}-{self.policy.linear}"
+        self.arrays: dict[str, object] = {}
+
+    # -- building ---------------------------------------------------------------------------
+    def _build(self, e: Entry):
+        if e.kind == "norm":
+            return {"w": np.ascontiguousarray(self.gguf.dequantize(e.sources[0]).reshape(-1), np.float32)}
+        parts = [self.gguf.dequantize(n) for n in e.sources]
+        w = np.ascontiguousarray(np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0], np.float32)
+        if self.policy.kind(w.size) == "i16":
+            q, s = quantize_rows_int16(w)
+            return {"q": q, "s": s}
+        return {"w": w}
+
+    def _paths(self, key: str, fields) -> dict[str, Path]:
+        return {f: self.dir / f"{key}.{f}.npy" for f in fields}
+
+    def _load_cached(self, key: str) -> dict[str, np.ndarray] | None:
+        for fields in (("w",), ("q", "s")):
+            paths = self._paths(key, fields)
+            if all(p.exists() for p in paths.values()):
+                try:
+                    return {f: np.load(p, mmap_mode="r") for f, p in paths.items()}
+                except (OSError, ValueError):
+                    return None
+        return None
+
+    def _save(self, key: str, arrays: dict[str, np.ndarray]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for f, a in arrays.items():
+            final = self.dir / f"{key}.{f}.npy"
+            tmp = self.dir / f".{key}.{f}.{os.getpid()}.tmp.npy"
+            np.save(tmp, a)
+            tmp.replace(final)
+
+    def prepare(self, entries: list[Entry], quiet: bool = False) -> None:
+        """Load every entry, building (and caching) the missing ones with a progress bar."""
+        missing = []
+        for e in entries:
+            got = self._load_cached(e.key) if self.use_cache else None
+            if got is None:
+                missing.append(e)
+            else:
+                self.arrays[e.key] = got
+        if not missing:
+            return
+        t0 = time.perf_counter()
+        where = str(self.dir) if self.use_cache else "memory (cache disabled)"
+        msg = f"first start of {self.gguf.path.name}: dequantizing {len(missing)} tensors into {where}"
+        if quiet:
+            for e in missing:
+                self._build_one(e)
+            return
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            with Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeRemainingColumn(),
+                transient=True,
+            ) as prog:
+                prog.console.print(msg)
+                task = prog.add_task("weight cache", total=len(missing))
+                for e in missing:
+                    self._build_one(e)
+                    prog.advance(task)
+        else:
+            print(f"turbospec: {msg}", file=sys.stderr, flush=True)
+            for i, e in enumerate(missing):
+                self._build_one(e)
+                if (i + 1) % 25 == 0 or i + 1 == len(missing):
+                    print(f"turbospec: weight cache {i + 1}/{len(missing)}", file=sys.stderr, flush=True)
+        print(
+            f"turbospec: weight cache ready in {time.perf_counter() - t0:.1f} s (later starts reuse it)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _build_one(self, e: Entry) -> None:
+        arrays = self._build(e)
+        if self.use_cache:
+            try:
+                self._save(e.key, arrays)
+                arrays = self._load_cached(e.key) or arrays
+            except OSError as err:
+                raise UserError(
+                    f"cannot write the weight cache in {self.dir} ({err.strerror}); "
+                    "free some space or point TURBOSPEC_CACHE_DIR elsewhere"
+                ) from None
+        self.arrays[e.key] = arrays
+
+    # -- access -----------------------------------------------------------------------------
+    def norm(self, key: str) -> np.ndarray:
+        return np.asarray(self.arrays[key]["w"])  # type: ignore[index]
+
+    def linear(self, key: str) -> Dense | RowInt16:
+        a = self.arrays[key]
+        if "q" in a:  # type: ignore[operator]
+            return RowInt16(a["q"], a["s"])  # type: ignore[index]
+        return Dense(a["w"])  # type: ignore[index]
+
+
+def clear_cache() -> tuple[Path, int]:
+    """Delete the whole weight cache folder; returns (folder, bytes freed)."""
+    d = cache_dir()
+    if not d.exists():
+        return d, 0
+    total = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+    shutil.rmtree(d)
+    return d, total

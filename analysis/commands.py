@@ -35,6 +35,7 @@ def register(sub) -> None:
     c.add_argument("a", metavar="A", help="baseline results file or folder")
     c.add_argument("b", metavar="B", help="results file or folder to compare against A")
     c.add_argument("-o", "--output", metavar="FILE", help="compare.md | .html | .csv (default: markdown on stdout)")
+    c.add_argument("--all", action="store_true", help="also list metrics that are identical in A and B")
     c.set_defaults(func=cmd_compare)
 
 
@@ -64,4 +65,4 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from turbospec.analysis import compare, report
 
     report.output_format(args.output)
-    return _emit(compare.build([args.a], [args.b]), args.output)
+    return _emit(compare.build([args.a], [args.b], show_all=args.all), args.output)

@@ -132,7 +132,8 @@ def compare_ppl(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(recs)
 
 
-def build(a_paths: list[str | Path], b_paths: list[str | Path]) -> D.Document:
+def build(a_paths: list[str | Path], b_paths: list[str | Path], show_all: bool = False) -> D.Document:
+    """The compare document. Rows whose metric is identical in A and B are hidden unless ``show_all``."""
     ia, ib = load(a_paths), load(b_paths)
     doc = D.Document(
         title=f"turbospec compare: A = {', '.join(map(str, a_paths))}  vs  B = {', '.join(map(str, b_paths))}"
@@ -150,7 +151,12 @@ def build(a_paths: list[str | Path], b_paths: list[str | Path]) -> D.Document:
     if fa.empty or fb.empty:
         s.text("Both A and B need ok result rows to compare speed and acceptance.")
     if not table.empty:
-        s.table(_table(table, shown))
+        same = table["verdict"] == "same"
+        if same.any() and not show_all:
+            s.text(f"{int(same.sum())} metric row(s) identical in A and B hidden (--all shows them).")
+            table = table[~same]
+        if not table.empty:
+            s.table(_table(table, shown))
     elif not fa.empty and not fb.empty:
         s.text("No cell of A matches a cell of B on the settings columns.")
     pt = compare_ppl(metrics.ppl_frame(ia.ppl), metrics.ppl_frame(ib.ppl))
@@ -174,10 +180,10 @@ def _table(t: pd.DataFrame, shown: list[str]) -> D.Table:
         rec.update(
             {
                 "metric": r["metric"],
-                "A": _show(r["metric"], r["a_mean"], r["a_std"]),
-                "B": _show(r["metric"], r["b_mean"], r["b_std"]),
+                "value A": _show(r["metric"], r["a_mean"], r["a_std"]),
+                "value B": _show(r["metric"], r["b_mean"], r["b_std"]),
                 "change": fmt.signed_pct(r["change"]),
-                "": {"noise": "≈ within noise", "better": "better", "worse": "worse", "same": "="}[r["verdict"]],
+                "verdict": {"noise": "≈ within noise", "better": "better", "worse": "worse", "same": "="}[r["verdict"]],
             }
         )
         recs.append(rec)

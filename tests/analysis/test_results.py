@@ -99,9 +99,7 @@ def test_append_stores_nan_as_null_and_rejects_invalid(tmp_path):
 def test_append_is_one_write_with_o_append(tmp_path, monkeypatch):
     calls = []
     real_open, real_write = os.open, os.write
-    monkeypatch.setattr(
-        os, "open", lambda p, flags, *a: calls.append(("open", flags)) or real_open(p, flags, *a)
-    )
+    monkeypatch.setattr(os, "open", lambda p, flags, *a: calls.append(("open", flags)) or real_open(p, flags, *a))
     monkeypatch.setattr(os, "write", lambda fd, b: calls.append(("write", bytes(b))) or real_write(fd, b))
     fsyncs = []
     real_fsync = os.fsync
@@ -132,9 +130,7 @@ def test_half_written_line_is_reported_and_next_append_starts_fresh(tmp_path):
 def test_read_rows_tolerates_garbage(tmp_path):
     path = tmp_path / "r.jsonl"
     good = R.encode_row(R.example_row()).decode()
-    path.write_text(
-        good + "\n[1,2]\n{not json\n" + json.dumps(R.example_row(schema="turbospec.results/9")) + "\n"
-    )
+    path.write_text(good + "\n[1,2]\n{not json\n" + json.dumps(R.example_row(schema="turbospec.results/9")) + "\n")
     rows, problems = R.read_rows(path)
     assert len(rows) == 2
     joined = "\n".join(problems)

@@ -1,0 +1,211 @@
+"""Load turbospec's CUDA kernels and launch them through CuPy or the host harness.
+
+One Python signature per kernel. The backend follows the arrays: CuPy arrays launch the kernel
+on the GPU through ``cupy.RawModule(code=<source>, options=OPTIONS)``; NumPy arrays launch the
+same source compiled with g++ through ``cuda/emu`` (a CPU harness for tests without a GPU).
+CuPy is imported lazily and only when a CuPy array is seen.
+
+Sources are read from this package and their local ``#include "x.cuh"`` lines are expanded, so
+the text handed to NVRTC is self-contained (no include path, and CuPy's compile cache, which is
+keyed by the text, cannot serve a stale kernel after a header changes).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CUDA_DIR = Path(__file__).resolve().parent
+# Exactly what the CuPy backend passes to NVRTC (tests/cuda/test_compile.py compiles with these).
+OPTIONS: tuple[str, ...] = ("--std=c++17",)
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    file: str
+    sig: str  # p pointer, i int32, u uint32, f float32, q int64 (checked against the harness build)
+
+
+KERNELS: dict[str, KernelSpec] = {
+    "rmsnorm": KernelSpec("norm.cu", "pppif"),
+    "add_rmsnorm": KernelSpec("norm.cu", "pppppif"),
+    "rope_neox": KernelSpec("rope.cu", "ppiiif"),
+    "geglu": KernelSpec("act.cu", "pppi"),
+}
+WEIGHT_KERNEL_TYPES = ("q8_0", "q5_0", "q4_k", "q6_k", "f16", "f32")
+for _t in WEIGHT_KERNEL_TYPES:
+    KERNELS[f"matvec_{_t}"] = KernelSpec("matvec.cu", "pppii")
+    KERNELS[f"matmul_{_t}"] = KernelSpec("matvec.cu", "pppiii")
+MATMUL_NB = 8  # tokens per weight pass in matmul_* (TS_NB in matvec.cu)
+
+
+
+def cu_files() -> list[Path]:
+    return sorted(CUDA_DIR.glob("*.cu"))
+
+
+_INC = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
+
+
+def expand(path: Path, seen: set[Path] | None = None) -> str:
+    """The text of ``path`` with local includes inlined once each (``#pragma once`` semantics)."""
+    seen = set() if seen is None else seen
+    path = path.resolve()
+    if path in seen:
+        return ""
+    seen.add(path)
+    text = path.read_text()
+
+    def sub(m: re.Match) -> str:
+        inc = path.parent / m.group(1)
+        return f"// ---- begin {m.group(1)}\n{expand(inc, seen)}\n// ---- end {m.group(1)}"
+
+    return _INC.sub(sub, text).replace("#pragma once", "")
+
+
+@cache
+def source(file: str) -> str:
+    return expand(CUDA_DIR / file)
+
+
+def kernels_in(file: str) -> list[str]:
+    return [k for k, s in KERNELS.items() if s.file == file]
+
+
+# ------------------------------------------------------------------ backends
+def is_cupy(a: Any) -> bool:
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+@cache
+def _cupy_module(file: str) -> Any:
+    import cupy  # optional dependency: only reached with CuPy arrays
+
+    return cupy.RawModule(code=source(file), options=OPTIONS)
+
+
+@cache
+def _emu_lib(file: str) -> Any:
+    from .emu import harness
+
+    lib = harness.build(source(file), kernels_in(file), tag=Path(file).stem)
+    for k in kernels_in(file):
+        got = harness.signature(lib, k)
+        if got != KERNELS[k].sig:
+            raise RuntimeError(f"kernel {k}: signature in loader.KERNELS is {KERNELS[k].sig!r}, "
+                               f"the source has {got!r}")
+    return lib
+
+
+def launch(name: str, grid: tuple[int, ...], block: tuple[int, ...], args: tuple, shared_mem: int = 0,
+           gpu: bool | None = None) -> None:
+    """Launch kernel ``name``; ``gpu`` defaults to whether any array argument is a CuPy array."""
+    spec = KERNELS[name]
+    if gpu is None:
+        gpu = any(is_cupy(a) for a in args)
+    if gpu:
+        conv = []
+        for a, c in zip(args, spec.sig, strict=True):
+            if c == "p":
+                conv.append(np.uint64(0) if a is None else a)
+            else:
+                conv.append({"i": np.int32, "u": np.uint32, "f": np.float32, "q": np.int64}[c](a))
+        fn = _cupy_module(spec.file).get_function(name)
+        fn(tuple(grid), tuple(block), tuple(conv), shared_mem=shared_mem)
+        return
+    from .emu import harness
+
+    harness.launch(_emu_lib(spec.file), name, grid, block, args, spec.sig, shared_mem)
+
+
+def _xp(a: Any) -> Any:
+    if is_cupy(a):
+        import cupy
+
+        return cupy
+    return np
+
+
+def _f32(a: Any) -> Any:
+    xp = _xp(a)
+    return xp.ascontiguousarray(a, dtype=xp.float32)
+
+
+# ------------------------------------------------------------------ ops: norms, rope, activation
+def rmsnorm(x: Any, w: Any, eps: float, out: Any = None, threads: int = 256) -> Any:
+    """Row-wise RMSNorm over the last axis of ``x`` (any leading shape); per-head Q/K norm when
+    ``x`` is [..., n_heads, head_dim] and ``w`` has head_dim entries. Reference: reference.rmsnorm."""
+    x = _f32(x)
+    n = x.shape[-1]
+    if w.shape != (n,):
+        raise ValueError(f"rmsnorm: weight shape {w.shape} does not match the last axis {n}")
+    out = _xp(x).empty_like(x) if out is None else out
+    rows = x.size // n
+    if rows:
+        launch("rmsnorm", (rows,), (threads,), (x, _f32(w), out, n, float(eps)))
+    return out
+
+
+def add_rmsnorm(x: Any, y: Any, w_post: Any, w_next: Any, eps: float, h: Any = None,
+                threads: int = 256) -> Any:
+    """x += rmsnorm(y) * w_post in place; returns h = rmsnorm(x) * w_next (None if w_next is None).
+    Reference: reference.add_rmsnorm."""
+    n = x.shape[-1]
+    rows = x.size // n
+    if w_next is not None and h is None:
+        h = _xp(x).empty_like(x)
+    launch("add_rmsnorm", (rows,), (threads,),
+           (x, _f32(y), _f32(w_post), None if w_next is None else _f32(w_next), h, n, float(eps)))
+    return h
+
+
+def rope_neox(x: Any, positions: Any, base: float, n_rot: int | None = None) -> Any:
+    """NEOX RoPE in place on x [n_tok, n_heads, head_dim]. Reference: reference.rope_neox."""
+    n_tok, n_heads, head_dim = x.shape
+    n_rot = head_dim if n_rot is None else n_rot
+    pos = _xp(x).ascontiguousarray(positions, dtype=np.int32)
+    launch("rope_neox", (n_tok, n_heads), (n_rot // 2,), (x, pos, n_heads, head_dim, n_rot, float(base)))
+    return x
+
+
+def geglu(gate: Any, up: Any, out: Any = None) -> Any:
+    """gelu_tanh(gate) * up. Reference: reference.geglu."""
+    gate, up = _f32(gate), _f32(up)
+    out = _xp(gate).empty_like(gate) if out is None else out
+    n = gate.size
+    blocks = max(1, min(1024, (n + 255) // 256))
+    launch("geglu", (blocks,), (256,), (gate, up, out, n))
+    return out
+
+
+# ------------------------------------------------------------------ ops: quantized matvec / matmul
+def matvec(w: Any, wtype: str, x: Any, rows: int, out: Any = None) -> Any:
+    """y[rows] = W x for a raw GGML weight ``w`` (uint8 bytes of [rows, K]), x [K] f32.
+    Reference: reference.matmul. K must be a multiple of the type's block (32 or 256)."""
+    return matmul(w, wtype, x, rows, out)
+
+
+def matmul(w: Any, wtype: str, x: Any, rows: int, out: Any = None) -> Any:
+    """Y[T, rows] = X W^T for X [T, K] (or [K] -> matvec kernel). Reference: reference.matmul."""
+    if wtype not in WEIGHT_KERNEL_TYPES:
+        raise ValueError(f"no CUDA matvec for weight type {wtype!r}; have {', '.join(WEIGHT_KERNEL_TYPES)}")
+    x = _f32(x)
+    k = x.shape[-1]
+    qk = 256 if wtype in ("q4_k", "q6_k") else 32
+    if k % qk:
+        raise ValueError(f"{wtype}: K={k} is not a multiple of {qk}")
+    xp = _xp(x)
+    if x.ndim == 1:
+        out = xp.empty((rows,), xp.float32) if out is None else out
+        launch(f"matvec_{wtype}", ((rows + 3) // 4,), (128,), (w, x, out, rows, k))
+        return out
+    t = x.shape[0]
+    out = xp.empty((t, rows), xp.float32) if out is None else out
+    launch(f"matmul_{wtype}", ((rows + 3) // 4, (t + MATMUL_NB - 1) // MATMUL_NB), (128,),
+           (w, x, out, rows, k, t))
+    return out

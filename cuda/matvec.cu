@@ -1,0 +1,78 @@
+// matvec.cu — y = W x over GGML-quantized weights, dequantized in registers, and a small batched
+// matmul for prefill (Y[t] = W X[t], up to 8 tokens per weight pass).
+//
+// Layout: W is row-major [rows, K] in GGML blocks (row r at r * row_bytes); x is [T, K] f32;
+// y is [T, rows] f32. One warp per output row; each lane dequantizes 8-value chunks
+// lane, lane + 32, ... so a warp's loads of a row are contiguous. 4 warps (128 threads) per
+// block, grid.x = ceil(rows / 4), grid.y = ceil(T / TS_NB) for the batched kernel.
+// Requirements: K a multiple of 32 (256 for the K-quants); x 32-byte aligned rows.
+//
+// Napkin (decode, default model per token): weights ~ 18 layers x (640x(4x256 + 256 + 256)
+// + 1024x640 + 3 x 640x2048) ~ 100 M values ~ 60 MB at ~4.8 bpw, + the 262144x640 LM head
+// (Q6_K/Q8_0 ~ 140-180 MB). At 4.8 TB/s (H200) that is ~45 us per token when bandwidth-bound;
+// FLOPs 2 per weight (~0.5 GFLOP) are free. Prefill at T tokens reuses each dequantized chunk
+// TS_NB times: weight traffic / TS_NB, FLOPs 2 * T per weight.
+#include "common.cuh"
+#include "quant.cuh"
+
+#define TS_NB 8
+
+template <int TYPE>
+__device__ __forceinline__ void deq8(const u8* row, int c, float* y) {
+  if (TYPE == TS_Q8_0) deq8_q8_0(row, c, y);
+  else if (TYPE == TS_Q5_0) deq8_q5_0(row, c, y);
+  else if (TYPE == TS_Q4_K) deq8_q4_k(row, c, y);
+  else if (TYPE == TS_Q6_K) deq8_q6_k(row, c, y);
+  else if (TYPE == TS_F16) deq8_f16(row, c, y);
+  else deq8_f32(row, c, y);
+}
+
+template <int TYPE, int NB>
+__device__ __forceinline__ void mm_body(const u8* __restrict__ W, const float* __restrict__ x,
+                                        float* __restrict__ y, int rows, int K, int T) {
+  const int lane = threadIdx.x & 31;
+  const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int t0 = blockIdx.y * NB;
+  if (r >= rows) return;  // whole warps leave together: no block barrier below
+  const u8* row = W + (long long)r * row_bytes_w(TYPE, K);
+  const int nch = K >> 3;
+  float acc[NB];
+#pragma unroll
+  for (int b = 0; b < NB; ++b) acc[b] = 0.0f;
+  for (int c = lane; c < nch; c += 32) {
+    float w[8];
+    deq8<TYPE>(row, c, w);
+#pragma unroll
+    for (int b = 0; b < NB; ++b) {
+      if (t0 + b < T) {
+        const float* xc = x + (long long)(t0 + b) * K + c * 8;
+        float s = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 8; ++k) s += w[k] * xc[k];
+        acc[b] += s;
+      }
+    }
+  }
+#pragma unroll
+  for (int b = 0; b < NB; ++b) {
+    const float s = warp_sum(acc[b]);
+    if (lane == 0 && t0 + b < T) y[(long long)(t0 + b) * rows + r] = s;
+  }
+}
+
+#define TS_MATVEC(NAME, TYPE)                                                                    \
+  extern "C" __global__ void __launch_bounds__(128)                                              \
+  matvec_##NAME(const u8* W, const float* x, float* y, int rows, int K) {                        \
+    mm_body<TYPE, 1>(W, x, y, rows, K, 1);                                                       \
+  }                                                                                              \
+  extern "C" __global__ void __launch_bounds__(128)                                              \
+  matmul_##NAME(const u8* W, const float* x, float* y, int rows, int K, int T) {                 \
+    mm_body<TYPE, TS_NB>(W, x, y, rows, K, T);                                                   \
+  }
+
+TS_MATVEC(q8_0, TS_Q8_0)
+TS_MATVEC(q5_0, TS_Q5_0)
+TS_MATVEC(q4_k, TS_Q4_K)
+TS_MATVEC(q6_k, TS_Q6_K)
+TS_MATVEC(f16, TS_F16)
+TS_MATVEC(f32, TS_F32)

@@ -199,7 +199,8 @@ class F16Codec(Codec):
     name, block, type_size = "f16", 1, 2
 
     def _encode_blocks(self, b, lead):
-        h = b.astype("<f2")
+        with np.errstate(over="ignore"):
+            h = b.astype("<f2")
         if not np.isfinite(h).all():
             _overflow(self.name, np.isfinite(h), lead, 1, "value")
         return h.view(np.uint8)
@@ -218,7 +219,8 @@ class Q8_0Codec(Codec):
             inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
         v = (b * inv).astype(np.float64)  # the product is rounded in float32 first, as in ggml
         qs = np.trunc(v + np.copysign(0.5, v)).astype(np.int8)  # roundf: half away from zero
-        d16 = d.astype("<f2")
+        with np.errstate(over="ignore"):
+            d16 = d.astype("<f2")
         if not np.isfinite(d16).all():
             _overflow(self.name, np.isfinite(d16), lead, self.block, "scale")
         out = np.empty((b.shape[0], self.type_size), np.uint8)
@@ -243,7 +245,8 @@ class Q4_0Codec(Codec):
         with np.errstate(divide="ignore"):
             inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
         q = np.trunc(b * inv + np.float32(8.5)).astype(np.uint8).clip(0, 15)
-        d16 = d.astype("<f2")
+        with np.errstate(over="ignore"):
+            d16 = d.astype("<f2")
         if not np.isfinite(d16).all():
             _overflow(self.name, np.isfinite(d16), lead, self.block, "scale")
         out = np.empty((b.shape[0], self.type_size), np.uint8)
@@ -313,7 +316,8 @@ class TurboCodec(Codec):
         r = rotation.rotate_groups(u)
         idx = self.indices(r)
         cn = np.sqrt(sumsq_halving(self.book[idx]))
-        norm = (n / cn).astype("<f2")
+        with np.errstate(over="ignore"):
+            norm = (n / cn).astype("<f2")
         if not np.isfinite(norm).all():
             _overflow(self.name, np.isfinite(norm), lead, self.block, "norm")
         out = np.empty((m, self.type_size), np.uint8)

@@ -126,6 +126,24 @@ class _Cursor:
         self.pos += n
         return s
 
+    def skip_strings(self, count: int) -> LazyStrings:
+        offs = np.empty(count, np.int64)
+        lens = np.empty(count, np.int64)
+        buf, pos, unpack, end = self.buf, self.pos, struct.unpack_from, len(self.buf)
+        for i in range(count):
+            if pos + 8 > end:
+                self.pos = pos
+                self.need(8)
+            (n,) = unpack("<Q", buf, pos)
+            offs[i] = pos + 8
+            lens[i] = n
+            pos += 8 + n
+        if pos > end:
+            self.pos = end
+            self.need(pos - end)
+        self.pos = pos
+        return LazyStrings(buf, offs, lens)
+
     def value(self, vtype: int) -> Any:
         try:
             vt = GGUFValueType(vtype)
@@ -152,7 +170,9 @@ class _Cursor:
         v = self.unpack(_STRUCT[vt])
         return bool(v) if vt == GGUFValueType.BOOL else v
 
-    def string_array(self, count: int) -> list[str]:
+    def string_array(self, count: int) -> list[str] | LazyStrings:
+        if count > LAZY_STRINGS:
+            return self.skip_strings(count)
         out: list[str] = []
         buf, pos, unpack = self.buf, self.pos, struct.unpack_from
         end = len(buf)
@@ -170,6 +190,37 @@ class _Cursor:
             pos += n
         self.pos = pos
         return out
+
+
+LAZY_STRINGS = 4096  # longer string arrays (vocabularies) are decoded only when read
+
+
+class LazyStrings:
+    """A GGUF string array decoded on first access (a 262144-token vocabulary costs ~0.3 s)."""
+
+    def __init__(self, buf: memoryview, offsets: np.ndarray, lengths: np.ndarray):
+        self._buf = buf
+        self._off = offsets
+        self._len = lengths
+        self._items: list[str] | None = None
+
+    def _all(self) -> list[str]:
+        if self._items is None:
+            b = self._buf
+            self._items = [
+                bytes(b[o : o + n]).decode("utf-8", errors="replace")
+                for o, n in zip(self._off.tolist(), self._len.tolist(), strict=True)
+            ]
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self._off)
+
+    def __getitem__(self, i):
+        return self._all()[i]
+
+    def __iter__(self):
+        return iter(self._all())
 
 
 @dataclass
@@ -238,7 +289,7 @@ class GGUFFile:
                     f"has {size}; re-download or re-create the file"
                 )
             tensors[name] = TensorInfo(name, shape, type_id, start, nbytes)
-        del buf, cur
+        del cur
         return cls(p, version, meta, tensors, data_offset, mm)
 
     # -- metadata helpers -------------------------------------------------------------------

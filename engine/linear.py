@@ -61,8 +61,10 @@ def quantize_rows_int16(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     w = np.asarray(w, dtype=np.float32)
     amax = np.max(np.abs(w), axis=1)
     s = (amax / 32767.0).astype(np.float32)
-    inv = np.where(s > 0, 1.0 / np.where(s > 0, s, 1.0), 0.0).astype(np.float32)
-    q = np.rint(w * inv[:, None]).astype(np.int16)
+    inv = np.where(s > 0, 1.0 / np.where(s > 0, s, 1.0).astype(np.float64), 0.0)
+    q = np.empty(w.shape, np.int16)
+    for a in range(0, w.shape[0], 4096):  # float64 rounding, a slab at a time
+        q[a : a + 4096] = np.rint(w[a : a + 4096] * inv[a : a + 4096, None])
     return q, s
 
 

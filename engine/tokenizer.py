@@ -262,7 +262,7 @@ class Tokenizer:
         if not frags:
             return frags
         # cheap pre-filter: a special token can only match where its first two characters occur
-        pairs = {text[i : i + 2] for i in range(len(text))}
+        pairs = {text[i : i + 2] for i in range(len(text))} | set(text)
         for tid in self._special:
             if not parse_special and self._attrs[tid] & (ATTR_CONTROL | ATTR_UNKNOWN):
                 continue

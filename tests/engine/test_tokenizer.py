@@ -39,6 +39,8 @@ TINY = [
     ("<ud>", 0.0, TYPE_USER_DEFINED),
     ("\n\n", 0.0, TYPE_USER_DEFINED),
     ("<end_of_turn>", 0.0, TYPE_USER_DEFINED),  # llama.cpp forces this spelling to control + EOG
+    ("|", 0.0, TYPE_USER_DEFINED),
+    ("a|", 0.0, TYPE_NORMAL),  # never formed: '|' is cut out before BPE
     (SPACE, -1.0, TYPE_NORMAL),
     ("a", -1.0, TYPE_NORMAL),
     ("b", -1.0, TYPE_NORMAL),
@@ -113,6 +115,7 @@ def test_special_tokens_partition():
     assert ctrl not in plain and plain[-1] == ud
     assert tok.decode(plain) == "a<ctrl>b<ud>"
     assert tok.encode("\n\n\n", add_bos=False) == [nn, *byte_ids(tok, "\n")]
+    assert tok.encode("a|b", add_bos=False) == ids_of(tok, "a", "|", "b")
     # decode hides control tokens unless asked; user-defined ones are always text
     assert tok.decode([1, ctrl, ud, *ids_of(tok, "a")]) == "<ud>a"
     assert tok.decode([1, ctrl, ud], skip_special=False) == "<s><ctrl><ud>"

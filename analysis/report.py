@@ -466,9 +466,11 @@ def _trace_section(path: Path, st: tracestats.TraceStats) -> D.Section:
                 "Draft paths",
                 pd.DataFrame(
                     {"path": list(st.paths), "rounds": list(st.paths.values()),
-                     "share": [fmt.pct(v / total) for v in st.paths.values()]}
+                     "share": [fmt.pct(v / total) for v in st.paths.values()],
+                     "accept": [fmt.pct(st.path_acceptance.get(k)) for k in st.paths]}
                 ),
-                pd.DataFrame({"path": list(st.paths), "rounds": list(st.paths.values())}),
+                pd.DataFrame({"path": list(st.paths), "rounds": list(st.paths.values()),
+                              "draft_acceptance_rate": [st.path_acceptance.get(k) for k in st.paths]}),
             )
         )  # fmt: skip
     stem = "trace_" + "".join(ch if ch.isalnum() else "_" for ch in path.stem)

@@ -31,6 +31,7 @@ class TraceStats:
     alpha: list[float] = field(default_factory=list)
     drafted_at: list[int] = field(default_factory=list)
     paths: dict[str, int] = field(default_factory=dict)
+    path_acceptance: dict[str, float] = field(default_factory=dict)  # draft acceptance rate per path
     decode_tok_s: float = math.nan
     prefill_tok_s: float = math.nan
     draft_us: float = math.nan  # mean per round
@@ -92,6 +93,7 @@ def read(path: str | Path) -> TraceStats:
     st.alpha = [_f(x) for x in m["conditional"]]
     st.drafted_at = [sum(c for (nd, _), c in agg.pair_counts.items() if nd > i) for i in range(len(st.per_position))]
     st.paths = dict(m["paths"])
+    st.path_acceptance = {k: _f(v.get("draft_acceptance_rate")) for k, v in m["path_acceptance"].items()}
     st.decode_tok_s = _f(m["decode_tok_s"]) if st.has_clock else math.nan
     st.prefill_tok_s = _f(m["prefill_tok_s"])
     st.draft_us = _f(m["draft_us_mean"])

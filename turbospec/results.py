@@ -395,9 +395,7 @@ def append_row(path: str | os.PathLike[str], row: dict[str, Any], *, validate: b
         os.close(fd)
 
 
-def read_rows(
-    path: str | os.PathLike[str], *, validate: bool = True
-) -> tuple[list[dict[str, Any]], list[str]]:
+def read_rows(path: str | os.PathLike[str], *, validate: bool = True) -> tuple[list[dict[str, Any]], list[str]]:
     """Read a results JSONL file. Returns ``(rows, problems)``.
 
     ``rows`` are the lines that parse as JSON objects, in file order (rows with validation
@@ -455,3 +453,81 @@ def example_row(**overrides: Any) -> dict[str, Any]:
     }  # fmt: skip
     row.update(overrides)
     return row
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep's printed summary (llama-bench's -o md|csv|json|jsonl), stdlib only
+# --------------------------------------------------------------------------------------------
+
+SUMMARY_METRICS: tuple[str, ...] = ("avg_ts", "prefill_tok_s", "decode_tok_s", "draft_acceptance_rate", "tau")
+SUMMARY_FORMATS = ("md", "csv", "json", "jsonl")
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per cell (rows grouped by ``cell_key``, ok rows only, first-seen order): the
+    SETTINGS, ``model_type``, ``n`` (repetitions), and for each SUMMARY_METRICS ``<m>`` its mean
+    (``avg_ts`` keeps llama-bench's name) with ``<m>_std`` (sample std; 0.0 for one repetition;
+    ``avg_ts``'s is ``stddev_ts``). A metric no row has is None."""
+    import statistics
+
+    cells: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("status", "ok") == "ok":
+            cells.setdefault(cell_key(r), []).append(r)
+    out = []
+    for group in cells.values():
+        rec: dict[str, Any] = {k: group[0].get(k) for k in SETTINGS}
+        rec["model_type"] = group[0].get("model_type")
+        rec["n"] = len(group)
+        for m in SUMMARY_METRICS:
+            vals = [float(r[m]) for r in group if _type_ok(r.get(m), _NUM)]
+            mean = statistics.fmean(vals) if vals else None
+            std = statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else None)
+            rec[m] = mean
+            rec["stddev_ts" if m == "avg_ts" else f"{m}_std"] = std
+        out.append(rec)
+    return out
+
+
+def _fmt_metric(m: str, mean: Any, std: Any) -> str:
+    if mean is None:
+        return ""
+    if m == "draft_acceptance_rate":
+        return f"{100 * mean:.1f}% ± {100 * (std or 0.0):.1f}"
+    digits = 2
+    return f"{mean:.{digits}f} ± {(std or 0.0):.{digits}f}"
+
+
+def format_summary(summary: list[dict[str, Any]], form: str = "md") -> str:
+    """Render ``summarize()`` output. ``md``: a pipe table of the settings that vary plus each
+    metric some cell has, as mean ± std (acceptance in %, one decimal); ``csv``/``json``/``jsonl``:
+    every field, numbers unformatted."""
+    if form not in SUMMARY_FORMATS:
+        raise UserError(f"unknown output format {form!r}; use one of {', '.join(SUMMARY_FORMATS)}")
+    if form == "json":
+        return json.dumps(summary, indent=2, allow_nan=False) + "\n"
+    if form == "jsonl":
+        return "".join(json.dumps(r, separators=(",", ":"), allow_nan=False) + "\n" for r in summary)
+    if form == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        fields = list(summary[0]) if summary else list(SETTINGS)
+        w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        w.writeheader()
+        w.writerows(summary)
+        return buf.getvalue()
+    keys = [k for k in ("model_type",) + SETTINGS if len({str(r.get(k)) for r in summary}) > 1]
+    if not keys:
+        keys = ["type_k", "type_v", "spec"]
+    mets = [m for m in SUMMARY_METRICS if any(r.get(m) is not None for r in summary)]
+    names = {"avg_ts": "t/s", "draft_acceptance_rate": "accept", "tau": "τ"}
+    head = keys + ["n"] + [names.get(m, m) for m in mets]
+    align = ["---"] * len(keys) + ["---:"] * (1 + len(mets))
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
+    for r in summary:
+        cells = ["" if r.get(k) is None else str(r.get(k)) for k in keys] + [str(r["n"])]
+        cells += [_fmt_metric(m, r.get(m), r.get("stddev_ts" if m == "avg_ts" else f"{m}_std")) for m in mets]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -169,6 +169,9 @@ def test_fork_trace_report(tmp_path):
     assert list(_table(doc, "Trace fork.ndjson", "Per-position")["p_i"]) == ["66.7%", "33.3%"]
     paths = _table(doc, "Trace fork.ndjson", "Draft paths").set_index("path")
     assert paths.loc["lazy", "rounds"] == 2 and paths.loc["skip-nsteps", "share"] == "25.0%"
+    # lazy rounds accepted 0 of 2 and 1 of 2; the sync round 2 of 2
+    assert paths.loc["lazy", "accept"] == "25.0%" and paths.loc["sync", "accept"] == "100.0%"
+    assert paths.loc["skip-nsteps", "accept"] == "n/a"
     assert any("1 malformed" in m for m in doc.messages)
     assert any(isinstance(b, D.Figure) for b in sec.blocks)  # acceptance over rounds, h_l2
 

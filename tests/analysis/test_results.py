@@ -157,3 +157,26 @@ def test_machine_info_shape():
     assert set(m) == {"cpu_model", "n_cores", "n_threads", "blas"}
     assert m["n_threads"] == 3 and m["blas"] == "openblas" and isinstance(m["cpu_model"], str)
     assert R.validate_row(R.example_row(machine=m, run_id=R.new_run_id(), test_time=R.utc_now())) == []
+
+
+def test_summarize_groups_repetitions_by_cell():
+    rows = [
+        R.example_row(repetition=0, avg_ts=10.0, decode_tok_s=10.0),
+        R.example_row(repetition=1, avg_ts=14.0, decode_tok_s=14.0),
+        R.example_row(repetition=2, status="failed", error="x", avg_ts=None, decode_tok_s=None),
+        R.example_row(type_k="q8_0", spec="mtp", draft_block_size=3, draft_max=4, avg_ts=20.0, decode_tok_s=20.0,
+                      draft_acceptance_rate=0.832, tau=2.4666),
+    ]  # fmt: skip
+    s = R.summarize(rows)
+    assert len(s) == 2
+    assert s[0]["n"] == 2 and s[0]["avg_ts"] == 12.0 and s[0]["stddev_ts"] == pytest.approx(2 * 2**0.5)
+    assert s[0]["tau"] is None and s[1]["stddev_ts"] == 0.0
+    md = R.format_summary(s, "md")
+    head = md.splitlines()[0]
+    assert head.startswith("| type_k | spec | draft_block_size | draft_max | n | t/s |")  # only varying settings
+    assert "| 12.00 ± 2.83 |" in md and "83.2% ± 0.0" in md and "2.47 ± 0.00" in md
+    assert json.loads(R.format_summary(s, "json"))[1]["tau"] == pytest.approx(2.4666)
+    assert len(R.format_summary(s, "jsonl").splitlines()) == 2
+    assert R.format_summary(s, "csv").splitlines()[0].startswith("model_filename,")
+    with pytest.raises(UserError, match="unknown output format"):
+        R.format_summary(s, "xml")

@@ -21,8 +21,16 @@ from typing import Any
 import numpy as np
 
 CUDA_DIR = Path(__file__).resolve().parent
-# Exactly what the CuPy backend passes to NVRTC (tests/cuda/test_compile.py compiles with these).
+# What the CuPy backend passes to RawModule. CuPy itself appends "-ftz=true" and
+# "-arch=compute_XY" before calling NVRTC; nvrtc_options() gives that full list, which
+# tests/cuda/test_compile.py compiles every source with.
 OPTIONS: tuple[str, ...] = ("--std=c++17",)
+CUPY_ADDED_OPTIONS: tuple[str, ...] = ("-ftz=true",)
+
+
+def nvrtc_options(arch: int) -> tuple[str, ...]:
+    """The exact NVRTC option list CuPy ends up using for compute capability ``arch`` (e.g. 90)."""
+    return OPTIONS + CUPY_ADDED_OPTIONS + (f"-arch=compute_{arch}",)
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,10 @@ class GGUFLayout:
 
     def close(self) -> None:
         if self._mm is not None:
-            self._mm.close()
+            try:
+                self._mm.close()
+            except BufferError:  # arrays handed out by raw() still view it: they keep it alive
+                pass
             self._mm = None
         if self._file is not None:
             self._file.close()

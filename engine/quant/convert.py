@@ -79,6 +79,8 @@ def _source_rows(layout: GGUFLayout, t: Tensor, r0: int, r1: int) -> np.ndarray:
     raw = layout.raw(t)[r0:r1]
     if t.type_id in TQ_TYPES:
         return tq.dequantize(raw, t.type_id, (r1 - r0, t.ne[0]))
+    if t.type_id == GGMLQuantizationType.F64:  # gguf.quants has no F64 path
+        return raw.view("<f8").astype(np.float32).reshape(r1 - r0, t.ne[0])
     try:
         qtype = GGMLQuantizationType(t.type_id)
         out = gguf_dequantize(raw, qtype)

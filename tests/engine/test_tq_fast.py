@@ -6,6 +6,7 @@ import secrets
 
 import numpy as np
 import pytest
+
 from turbospec.engine.quant import tq
 from turbospec.engine.quant import tq_reference as ref
 from turbospec.engine.quant.tq_format import TQ3_1S, TQ4_1S, spec

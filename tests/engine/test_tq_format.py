@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from turbospec.engine.quant import tq_reference as ref
 from turbospec.engine.quant.tq_format import (
     BOOK_TQ3,

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from turbospec import results as R
 from turbospec.analysis import doc as D
 from turbospec.analysis import fmt, metrics
 from turbospec.analysis.load import Inputs, load
-
-from turbospec import results as R
 
 HIGHER_IS_BETTER = {
     "avg_ts": True, "prefill_tok_s": True, "decode_tok_s": True, "draft_acceptance_rate": True, "tau": True,

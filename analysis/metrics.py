@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from turbospec.analysis import kvmodel
 
 from turbospec import results as R
+from turbospec.analysis import kvmodel
 
 CONFIG: tuple[str, ...] = (
     "model_filename", "backend", "device", "n_threads", "type_k", "type_v", "spec", "draft_block_size",

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from turbospec import results as R
 from turbospec.analysis import doc as D
 from turbospec.analysis import fmt, kvmodel, metrics, plots, tracestats
 from turbospec.analysis.load import Inputs, trace_of_row
-
-from turbospec import results as R
 from turbospec.errors import UserError
 
 CTX_LENGTHS = (512, 4096, 32768, 131072)

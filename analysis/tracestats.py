@@ -8,6 +8,7 @@ the draft/verify/plain-step costs the predicted speedup needs.
 from __future__ import annotations
 
 import math
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,27 +61,37 @@ def rolling_rate(accepted: list[int], drafted: list[int], window: int) -> list[f
 
 
 def window_for(rounds: int) -> int:
-    return max(1, min(64, rounds // 20))
+    """Rolling window: about 1/50 of the rounds, at least 1, at most 1000."""
+    return max(1, min(1000, rounds // 50))
+
+
+MAX_POINTS = 4000  # points per plotted series (longer series are thinned evenly)
 
 
 def read(path: str | Path) -> TraceStats:
-    """Read and summarise one trace; never raises on bad content (messages instead). A missing
-    file raises turbospec's UserError (from turbospec.trace)."""
+    """Read and summarise one trace in one streaming pass (memory: a few numbers per round, not
+    the lines); never raises on bad content (messages instead). A missing file raises turbospec's
+    UserError (from turbospec.trace)."""
     from turbospec import trace as T  # the trace contract: parsing and totals
 
     p = Path(path)
     st = TraceStats(p)
-    events: list[dict[str, Any]] = []
-    bad = 0
+    series = _Series()
+    bad = good = 0
+    plain_sum, plain_n = 0.0, 0
     agg = T.Aggregator()
     for obj in T.read_trace(p):
         if obj is None:
             bad += 1
             continue
-        events.append(obj)
+        good += 1
         agg.feed_obj(obj)
+        series.feed(obj)
+        if obj.get("evt") == "decode" and _isnum(obj.get("us")):
+            plain_sum += obj["us"]
+            plain_n += 1
     m = T.compute_metrics(agg)
-    st.lines = len(events) + bad
+    st.lines = good + bad
     st.malformed = bad + int(m["malformed_lines"])
     st.run_start = m["header"] or None
     st.run_end = m["end"] or None
@@ -99,12 +110,11 @@ def read(path: str | Path) -> TraceStats:
     st.draft_us = _f(m["draft_us_mean"])
     st.verify_us = _f(m["verify_us_mean"])
     st.h_l2_mean = _f(m["h_l2"]["mean"])
-    plain = [float(e["us"]) for e in events if e.get("evt") == "decode" and _isnum(e.get("us"))]
-    st.plain_step_us = sum(plain) / len(plain) if plain else math.nan
-    _series(events, st)
+    st.plain_step_us = plain_sum / plain_n if plain_n else math.nan
+    series.finish(st)
     if st.lines == 0:
         st.messages.append(f"{p}: empty trace; nothing to report from it")
-    elif not events:
+    elif not good:
         st.messages.append(f"{p}: no line of the trace could be read")
     if st.malformed:
         st.messages.append(f"{p}: {st.malformed} malformed or half-written line(s) skipped")
@@ -121,25 +131,59 @@ def _isnum(x: Any) -> bool:
     return type(x) is int or type(x) is float
 
 
-def _series(events: list[dict[str, Any]], st: TraceStats) -> None:
-    """Rolling acceptance per round and h_l2 per draft line, against seconds since the first
-    clocked line (when the trace has a clock) or the round/draft index."""
-    t0 = next((e["t_us"] for e in events if type(e.get("t_us")) is int), None)
-    acc: list[int] = []
-    dr: list[int] = []
-    for e in events:
-        evt = e.get("evt")
-        t = e.get("t_us")
-        clocked = st.has_clock and t0 is not None and type(t) is int
+def thin(xs: list[float], ys: list[float], max_points: int = MAX_POINTS) -> tuple[list[float], list[float]]:
+    """Every k-th point so that at most ``max_points`` remain (the last point is kept)."""
+    n = len(xs)
+    if n <= max_points:
+        return xs, ys
+    step = math.ceil(n / max_points)
+    idx = list(range(0, n, step))
+    if idx[-1] != n - 1:
+        idx.append(n - 1)
+    return [xs[i] for i in idx], [ys[i] for i in idx]
+
+
+class _Series:
+    """Per-round acceptance and per-draft h_l2 against the trace clock (seconds since the first
+    clocked line) or, for the fork's clock-less lines, the round/draft index. Compact arrays."""
+
+    def __init__(self) -> None:
+        self.t0: int | None = None
+        self.acc, self.dr = array("i"), array("i")
+        self.rx, self.hx, self.h = array("d"), array("d"), array("d")
+        self.clock_missing = False
+
+    def _x(self, obj: dict[str, Any], n: int) -> float:
+        t = obj.get("t_us")
+        if type(t) is int:
+            if self.t0 is None:
+                self.t0 = t
+            return (t - self.t0) / 1e6
+        self.clock_missing = True
+        return float(n)
+
+    def feed(self, obj: dict[str, Any]) -> None:
+        evt = obj.get("evt")
         if evt == "mtp_accept":
-            na, nd = e.get("n_accepted"), e.get("n_drafted_prev")
+            na, nd = obj.get("n_accepted"), obj.get("n_drafted_prev")
             if type(na) is not int or type(nd) is not int or na < 0 or nd < 0:
-                continue
-            acc.append(na)
-            dr.append(nd)
-            st.round_x.append((t - t0) / 1e6 if clocked else float(len(st.round_x)))
-        elif evt == "mtp_draft" and _isnum(e.get("h_l2")) and e.get("drafts"):
-            st.h_l2.append(float(e["h_l2"]))
-            st.h_l2_x.append((t - t0) / 1e6 if clocked else float(len(st.h_l2_x)))
-    st.window = window_for(len(acc))
-    st.rolling_acceptance = rolling_rate(acc, dr, st.window)
+                return
+            self.acc.append(na)
+            self.dr.append(nd)
+            self.rx.append(self._x(obj, len(self.rx)))
+        elif evt == "mtp_draft" and _isnum(obj.get("h_l2")) and obj.get("drafts"):
+            self.h.append(float(obj["h_l2"]))
+            self.hx.append(self._x(obj, len(self.hx)))
+        elif type(obj.get("t_us")) is int and self.t0 is None:
+            self.t0 = obj["t_us"]
+
+    def finish(self, st: TraceStats) -> None:
+        if not st.has_clock or self.clock_missing:  # mixed or no clock: index axes throughout
+            rx, hx = [float(i) for i in range(len(self.rx))], [float(i) for i in range(len(self.hx))]
+            st.has_clock = st.has_clock and not self.clock_missing
+        else:
+            rx, hx = list(self.rx), list(self.hx)
+        st.window = window_for(len(self.acc))
+        rate = rolling_rate(list(self.acc), list(self.dr), st.window)
+        st.round_x, st.rolling_acceptance = thin(rx, rate)
+        st.h_l2_x, st.h_l2 = thin(hx, list(self.h))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from turbospec.analysis import load, report
 
 from tests.analysis import crafted as C
 from turbospec import results as R
+from turbospec.analysis import load, report
 from turbospec.cli import main
 
 

@@ -6,9 +6,9 @@ import json
 import math
 
 import pytest
-from turbospec.analysis import compare
 
 from tests.analysis import crafted as C
+from turbospec.analysis import compare
 from turbospec.cli import main
 
 

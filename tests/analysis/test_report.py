@@ -9,11 +9,11 @@ from html.parser import HTMLParser
 
 import pandas as pd
 import pytest
-from turbospec.analysis import doc as D
-from turbospec.analysis import fmt, kvmodel, load, metrics, report, tracestats
 
 from tests.analysis import crafted as C
 from turbospec import results as R
+from turbospec.analysis import doc as D
+from turbospec.analysis import fmt, kvmodel, load, metrics, report, tracestats
 from turbospec.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -259,3 +259,29 @@ def test_analysis_never_imports_the_engine(tmp_path):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_long_trace_series_are_thinned(tmp_path):
+    lines = []
+    for it in range(9000):
+        na = it % 3
+        lines.append(
+            f'{{"evt":"mtp_draft","iter":{it},"path":"lazy","seq_id":0,"id_last":1,"h_idx":-1,"attn_pos":{it},'
+            f'"n_steps":2,"h_l2":{100 + it % 7}.0000,"drafts":[1,2]}}'
+        )
+        lines.append(f'{{"evt":"mtp_accept","iter":{it},"n_accepted":{na},"n_drafted_prev":2}}')
+    path = tmp_path / "long.ndjson"
+    path.write_text("\n".join(lines) + "\n")
+    st = tracestats.read(path)
+    assert st.rounds == 9000 and st.accepted == 9000 and st.acceptance_rate == pytest.approx(0.5)
+    assert st.window == 180  # 9000 rounds / 50
+    assert len(st.round_x) <= tracestats.MAX_POINTS and st.round_x[-1] == 8999.0
+    assert len(st.h_l2) <= tracestats.MAX_POINTS
+    # every full window of the repeating 0, 1, 2 pattern accepts 1 of 2 drafts on average
+    assert st.rolling_acceptance[-1] == pytest.approx(0.5)
+
+
+def test_thin_keeps_ends():
+    xs = [float(i) for i in range(10)]
+    tx, ty = tracestats.thin(xs, xs, 4)
+    assert tx[0] == 0.0 and tx[-1] == 9.0 and len(tx) <= 5 and tx == ty

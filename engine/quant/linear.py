@@ -55,11 +55,30 @@ def decode_rotated_rows(raw_rows: np.ndarray, type_id: int) -> np.ndarray:
     return vals.reshape(r, -1)
 
 
+def _split_blocks(raw_rows: np.ndarray, type_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Blocks -> (f16 scales [out, nblk, 2], table codes [out, k]): the same information in a layout
+    one ``take`` decodes. TQ4: the qs bytes (k = 16 per block, 2 weights each). TQ3: each 24-bit
+    group split into two 12-bit codes (k = 8 per block, 4 weights each; 0.5 instead of 0.375 bytes
+    per weight, bought for a ~2x faster decode)."""
+    sp = spec(type_id)
+    n_out = raw_rows.shape[0]
+    blocks = raw_rows.reshape(n_out, -1, sp.block_bytes)
+    d16 = np.ascontiguousarray(blocks[:, :, :4]).view("<f2")  # [out, nblk, 2]
+    if sp.bits == 4:
+        return d16, np.ascontiguousarray(blocks[:, :, 4:]).reshape(n_out, -1)
+    g = blocks[:, :, 4:].reshape(n_out, -1, 4, 3).astype(np.uint32)
+    word = g[..., 0] | (g[..., 1] << 8) | (g[..., 2] << 16)
+    codes = np.stack([word & 0xFFF, word >> 12], axis=-1).astype(np.uint16)
+    return d16, codes.reshape(n_out, -1)
+
+
 class TQLinear:
     """y = x @ W.T for W stored as TQ3_1S / TQ4_1S rows.
 
     raw: uint8 [out, row_bytes] (or any C-contiguous array holding those bytes); shape = (out, in)
-    in NumPy order (GGUF ne = [in, out]). Holds only the raw bytes (a view is kept if possible)."""
+    in NumPy order (GGUF ne = [in, out]). Keeps ``raw`` (a view when possible) for ``dequantize`` and,
+    for ``apply``, the scales and indices re-laid out for a one-lookup decode (about the raw size;
+    never a float copy)."""
 
     def __init__(self, raw: np.ndarray, type_id: int, shape: tuple[int, int], tile_bytes: int = DEFAULT_TILE_BYTES):
         self.type_id = int(type_id)
@@ -74,9 +93,11 @@ class TQLinear:
             )
         self.raw = raw.reshape(n_out, rb)
         self.tile_rows = max(1, tile_bytes // (4 * n_in))
+        self._d16, self._codes = _split_blocks(self.raw, self.type_id)
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the weight as stored in the file."""
         return self.raw.nbytes
 
     def dequantize(self) -> np.ndarray:
@@ -95,11 +116,17 @@ class TQLinear:
         out_t = np.empty((n_out, xr.shape[0]), dtype=np.float32)  # rows of W -> contiguous slices
         for r0 in range(0, n_out, self.tile_rows):
             r1 = min(n_out, r0 + self.tile_rows)
-            tile = decode_rotated_rows(self.raw[r0:r1], self.type_id)  # [rt, in], scratch only
+            tile = self._decode_tile(r0, r1)  # [rt, in], scratch only
             np.matmul(tile, xr_t, out=out_t[r0:r1])
         return np.ascontiguousarray(out_t.T).reshape(*lead, n_out)
 
     __call__ = apply
+
+    def _decode_tile(self, r0: int, r1: int) -> np.ndarray:
+        vals = _TABLES[self.type_id].take(self._codes[r0:r1], axis=0)  # [rt, nblk*16, 2] | [rt, nblk*8, 4]
+        vals = vals.reshape(r1 - r0, -1, 2, HALF)
+        vals *= self._d16[r0:r1].astype(np.float32)[..., None]
+        return vals.reshape(r1 - r0, self.shape[1])
 
     def __repr__(self) -> str:
         return f"TQLinear({self.spec.name}, out={self.shape[0]}, in={self.shape[1]}, {self.nbytes} bytes)"

@@ -37,8 +37,8 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
-from turbospec.engine.kv import rotation
 
+from turbospec.engine.kv import rotation
 from turbospec.errors import UserError
 
 CODECS: tuple[str, ...] = ("f16", "q8_0", "q4_0", "turbo4", "turbo3", "turbo2", "turbo4lm")
@@ -195,6 +195,11 @@ class Codec:
         return f"<codec {self.name}: {self.block} values in {self.type_size} B, {self.bits_per_value:g} b/v>"
 
 
+@cache
+def _f16_table() -> np.ndarray:
+    return np.arange(65536, dtype=np.uint16).view("<f2").astype(np.float32)
+
+
 class F16Codec(Codec):
     name, block, type_size = "f16", 1, 2
 
@@ -205,7 +210,8 @@ class F16Codec(Codec):
         return b.astype("<f2").view(np.uint8)
 
     def _decode_blocks(self, p, out):
-        np.copyto(out, p.view("<f2"), casting="unsafe")
+        # a 65536-entry table beats NumPy's half -> single conversion (~1.5x), exact for every pattern
+        np.take(_f16_table(), p.view("<u2"), out=out, mode="clip")
 
 
 class Q8_0Codec(Codec):

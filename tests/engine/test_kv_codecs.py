@@ -9,6 +9,7 @@ import gguf.quants as gq
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType
+
 from turbospec.engine.kv import reference as ref
 from turbospec.engine.kv import rotation
 from turbospec.engine.kv.codecs import (
@@ -21,7 +22,6 @@ from turbospec.engine.kv.codecs import (
     midpoints,
 )
 from turbospec.engine.kv.equalize import compute_scales, equalize_k, equalize_q
-
 from turbospec.errors import UserError
 
 TURBO = ["turbo4", "turbo3", "turbo2", "turbo4lm"]

@@ -269,7 +269,7 @@ def _ppl_run(tokens: list[int], n_ctx: int, n_chunks: int, bos: int) -> dict:
             count += n_score
             chunks.append({
                 "start": start, "nll_sum": nll_sum, "n_scored": n_score,
-                "ppl_running": math.exp(nll_total / count), "seconds": round(dt, 2),
+                "ppl_running": math.exp(nll_total / count),
             })
             print(f"ppl n_ctx={n_ctx} [{i + 1}] {math.exp(nll_total / count):.4f} ({dt:.1f} s)", file=sys.stderr)
     finally:

@@ -468,3 +468,17 @@ def test_equalization_helps_q4_0_on_outlier_channels():
     s = compute_scales(k[:64], 0.5)
     eq = np.mean((c.decode(c.encode(equalize_k(k, s))) / s - k) ** 2)
     assert eq < 0.7 * plain
+
+
+@pytest.mark.parametrize("name", CODECS)
+def test_input_dtype_and_layout(name):
+    rng, seed = fresh_rng()
+    c = get_codec(name)
+    x64 = rng.standard_normal((4, 512))
+    x32 = x64.astype(np.float32)
+    assert np.array_equal(c.encode(x64), c.encode(x32)), seed  # float64 is rounded to float32 first
+    strided = np.asfortranarray(x32)[:, :256]
+    assert np.array_equal(c.encode(strided), c.encode(np.ascontiguousarray(x32[:, :256]))), seed
+    p = c.encode(x32)
+    assert np.array_equal(c.decode(p[::2]), c.decode(p)[::2])
+    assert c.encode(np.zeros((0, 256), np.float32)).shape == (0, 256 // c.block * c.type_size)

@@ -12,12 +12,26 @@ Napkin math per token (T = 1): reads 0.5 / 0.625 bytes per weight (TQ3 / TQ4), w
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from .tq import dequantize, rotate
-from .tq_format import HALF, QK, row_bytes, spec
+from .tq_format import HALF, row_bytes, spec
 
-DEFAULT_TILE_BYTES = 1 << 20  # float32 scratch per tile
+DEFAULT_TILE_BYTES = 1 << 20  # float32 scratch per tile (per worker)
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _n_workers() -> int:
+    return max(1, int(os.environ.get("TURBOSPEC_THREADS", "0") or 0) or (os.cpu_count() or 1))
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    if n not in _POOLS:
+        _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="turbospec-tq")
+    return _POOLS[n]
 
 
 def _byte_tables(type_id: int) -> np.ndarray:
@@ -80,7 +94,14 @@ class TQLinear:
     for ``apply``, the scales and indices re-laid out for a one-lookup decode (about the raw size;
     never a float copy)."""
 
-    def __init__(self, raw: np.ndarray, type_id: int, shape: tuple[int, int], tile_bytes: int = DEFAULT_TILE_BYTES):
+    def __init__(
+        self,
+        raw: np.ndarray,
+        type_id: int,
+        shape: tuple[int, int],
+        tile_bytes: int = DEFAULT_TILE_BYTES,
+        workers: int = 0,
+    ):
         self.type_id = int(type_id)
         self.spec = spec(self.type_id)
         n_out, n_in = (int(s) for s in shape)
@@ -93,6 +114,7 @@ class TQLinear:
             )
         self.raw = raw.reshape(n_out, rb)
         self.tile_rows = max(1, tile_bytes // (4 * n_in))
+        self.workers = workers  # 0: TURBOSPEC_THREADS or the CPU count
         self._d16, self._codes = _split_blocks(self.raw, self.type_id)
 
     @property
@@ -105,7 +127,8 @@ class TQLinear:
         return dequantize(self.raw, self.type_id, self.shape)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        """float32 [..., in] -> float32 [..., out]; one token or a batch."""
+        """float32 [..., in] -> float32 [..., out]; one token or a batch. Row ranges run on
+        ``workers`` threads (NumPy's take, multiply and BLAS release the GIL)."""
         x = np.asarray(x, dtype=np.float32)
         n_out, n_in = self.shape
         if x.shape[-1] != n_in:
@@ -114,11 +137,27 @@ class TQLinear:
         xr = rotate(x.reshape(-1, n_in))  # [T, in]; rotate() works on every 32-block of the last axis
         xr_t = xr.T  # [in, T], a transposed view: BLAS reads it as is
         out_t = np.empty((n_out, xr.shape[0]), dtype=np.float32)  # rows of W -> contiguous slices
-        for r0 in range(0, n_out, self.tile_rows):
-            r1 = min(n_out, r0 + self.tile_rows)
-            tile = self._decode_tile(r0, r1)  # [rt, in], scratch only
-            np.matmul(tile, xr_t, out=out_t[r0:r1])
+        tile = self.tile_rows
+        nw = min(self.workers or _n_workers(), -(-n_out // tile))
+        if nw <= 1:
+            self._range(xr_t, out_t, 0, n_out)
+        else:
+            per_worker = -(-n_out // nw)  # ceil
+            step = -(-per_worker // tile) * tile  # rounded up to whole tiles
+            futs = [_pool(nw).submit(self._range, xr_t, out_t, a, min(a + step, n_out)) for a in range(0, n_out, step)]
+            for f in futs:
+                f.result()
         return np.ascontiguousarray(out_t.T).reshape(*lead, n_out)
+
+    def _range(self, xr_t: np.ndarray, out_t: np.ndarray, r0: int, r1: int) -> None:
+        for a in range(r0, r1, self.tile_rows):
+            b = min(r1, a + self.tile_rows)
+            np.matmul(self._decode_tile(a, b), xr_t, out=out_t[a:b])  # the tile is scratch only
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """float32 [len(idx), in]: the selected rows dequantized (an embedding lookup)."""
+        idx = np.asarray(idx).reshape(-1)
+        return dequantize(self.raw[idx], self.type_id, (idx.size, self.shape[1]))
 
     __call__ = apply
 
@@ -130,6 +169,3 @@ class TQLinear:
 
     def __repr__(self) -> str:
         return f"TQLinear({self.spec.name}, out={self.shape[0]}, in={self.shape[1]}, {self.nbytes} bytes)"
-
-
-assert QK == 32

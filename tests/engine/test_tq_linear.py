@@ -53,3 +53,17 @@ def test_shape_checks():
     with pytest.raises(ValueError):
         lin.apply(np.ones(32, np.float32))
     np.testing.assert_array_equal(lin.dequantize(), tq.dequantize(raw, TQ4_1S, (4, 64)))
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_threaded_apply_and_rows(workers):
+    seed = secrets.randbits(32)
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((100, 64)).astype(np.float32)
+    raw = tq.quantize(w, TQ3_1S)
+    lin = TQLinear(raw, TQ3_1S, w.shape, tile_bytes=8 * 4 * 64, workers=workers)
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    wd = tq.dequantize(raw, TQ3_1S, w.shape)
+    np.testing.assert_allclose(lin.apply(x), x @ wd.T, rtol=1e-4, atol=1e-4, err_msg=f"seed {seed}")
+    idx = np.array([5, 0, 99, 5])
+    np.testing.assert_array_equal(lin.rows(idx), wd[idx])

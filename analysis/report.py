@@ -307,13 +307,14 @@ def _draft_section(agg: pd.DataFrame, shown: list[str]) -> D.Section:
     )
     curves: dict[str, tuple[list[float], list[float]]] = {}
     speed: dict[str, tuple[list[float], list[float]]] = {}
+    rate: dict[str, tuple[list[float], list[float]]] = {}
     pred: dict[str, tuple[list[float], list[float]]] = {}
     for _, r in spec.iterrows():
         if r["per_position"]:
             curves[config_label(r, shown)] = (list(range(len(r["per_position"]))), r["per_position"])
         g = config_label(r, group_keys)
         b = float(r["draft_block_size"]) if not metrics._isnan(r["draft_block_size"]) else math.nan
-        for target, col in ((speed, "speedup"), (pred, "speedup_pred")):
+        for target, col in ((speed, "speedup"), (pred, "speedup_pred"), (rate, "decode_tok_s_mean")):
             xs, ys = target.setdefault(g, ([], []))
             xs.append(b)
             ys.append(r[col])
@@ -325,6 +326,15 @@ def _draft_section(agg: pd.DataFrame, shown: list[str]) -> D.Section:
                 "per_position",
             )
         )
+    if any(not all(map(metrics._isnan, ys)) for _, ys in rate.values()):
+        s.figure(
+            D.Figure(
+                "Decode throughput vs draft block size",
+                plots.lines(rate, "Decode throughput (mean over prompts and repetitions)", "draft block size B",
+                            "tok/s"),
+                "decode_tok_s_vs_b",
+            )
+        )  # fmt: skip
     if any(not all(map(metrics._isnan, ys)) for _, ys in speed.values()):
         series = {f"{g} measured": v for g, v in speed.items()}
         series.update({f"{g} predicted": v for g, v in pred.items() if not all(map(metrics._isnan, v[1]))})
@@ -489,8 +499,9 @@ def _trace_section(path: Path, st: tracestats.TraceStats) -> D.Section:
         s.figure(
             D.Figure(
                 "Draft acceptance rate over time",
-                plots.lines(series, "Draft acceptance rate over time", xlabel, "acceptance", percent=True,
-                            markers=False),
+                plots.lines(series, "Draft acceptance rate over time (dashed: whole trace)", xlabel, "acceptance",
+                            percent=True, markers=False,
+                            hline=None if math.isnan(st.acceptance_rate) else 100.0 * st.acceptance_rate),
                 f"{stem}_acceptance_over_time",
             )
         )  # fmt: skip

@@ -23,10 +23,20 @@ import numpy as np
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_N = 0
+_N_WORKERS: int | None = None
+
+
+def set_workers(n: int) -> None:
+    """Worker threads for the row-parallel products (BLAS itself runs single-threaded)."""
+    global _N_WORKERS
+    _N_WORKERS = max(1, int(n))
 
 
 def n_workers() -> int:
-    return max(1, int(os.environ.get("TURBOSPEC_THREADS", "0") or 0) or (os.cpu_count() or 1))
+    global _N_WORKERS
+    if _N_WORKERS is None:
+        _N_WORKERS = max(1, int(os.environ.get("TURBOSPEC_THREADS", "0") or 0) or (os.cpu_count() or 1))
+    return _N_WORKERS
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -38,8 +48,26 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
+def _parallel_rows(fn, x: np.ndarray, n_out: int, tile: int) -> np.ndarray:
+    """out = f(x) computed by ``fn(x2, out, r0, r1)`` over row ranges split across the workers."""
+    x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+    out = np.empty((x2.shape[0], n_out), np.float32)
+    nw = min(n_workers(), -(-n_out // tile))
+    if nw <= 1:
+        fn(x2, out, 0, n_out)
+    else:
+        step = -(-n_out // nw)
+        step = -(-step // tile) * tile
+        futs = [_pool().submit(fn, x2, out, a, min(a + step, n_out)) for a in range(0, n_out, step)]
+        for f in futs:
+            f.result()
+    return out.reshape(*x.shape[:-1], n_out)
+
+
 class Dense:
     """float32 weight (out, in)."""
+
+    MIN_PARALLEL = 1 << 16  # weights below this run in the calling thread
 
     def __init__(self, w: np.ndarray):
         self.w = w
@@ -49,8 +77,13 @@ class Dense:
     def nbytes(self) -> int:
         return int(self.w.nbytes)
 
+    def _range(self, x: np.ndarray, out: np.ndarray, r0: int, r1: int) -> None:
+        np.matmul(x, self.w[r0:r1].T, out=out[:, r0:r1])
+
     def apply(self, x: np.ndarray) -> np.ndarray:
-        return x @ self.w.T
+        if self.w.size < self.MIN_PARALLEL:
+            return x @ self.w.T
+        return _parallel_rows(self._range, x, self.w.shape[0], 64)
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         return np.asarray(self.w[idx], dtype=np.float32)
@@ -100,19 +133,4 @@ class RowInt16:
         np.multiply(out[:, r0:r1], self.s[r0:r1], out=out[:, r0:r1])
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
-        n_out = self.q.shape[0]
-        out = np.empty((x2.shape[0], n_out), np.float32)
-        tile = self.tile_rows
-        nw = min(n_workers(), -(-n_out // tile))
-        if nw <= 1:
-            self._range(x2, out, 0, n_out)
-        else:
-            step = -(-n_out // nw)
-            step = -(-step // tile) * tile
-            futs = [
-                _pool().submit(self._range, x2, out, a, min(a + step, n_out)) for a in range(0, n_out, step)
-            ]
-            for f in futs:
-                f.result()
-        return out.reshape(*x.shape[:-1], n_out)
+        return _parallel_rows(self._range, x, self.q.shape[0], self.tile_rows)

@@ -1,0 +1,176 @@
+"""Decode and prefill throughput: turbospec's NumPy engine vs llama.cpp (llama-cpp-python), same run.
+
+    python benchmarks/bench_decode.py [-t THREADS] [-r REPS] [--n-gen 128] [--n-prompt 512] [--json]
+
+Both engines: the default model, greedy, the same thread count, a warm-up first, then
+``-r`` repetitions of (a) 128 tokens decoded after a short prompt and (b) one 512-token
+prompt prefilled; mean ± std of tokens per second. llama.cpp is the optional ``bench`` extra
+(`pip install -e '.[bench]'`, ~10 minutes to build); without it only turbospec is measured.
+
+Napkin math (the roofline printed at the end): a decode step must stream every weight once.
+turbospec holds linear weights and the tied LM head as row-scaled int16 (bytes = 2 per
+weight, ``model.weight_bytes``); at the measured streaming bandwidth B the ceiling is
+B / weight_bytes tokens per second. llama.cpp streams the file's Q4_K_M/Q8_0 bytes (~250 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def stream_bandwidth(n_bytes: int = 512 << 20, reps: int = 5) -> dict:
+    """NumPy streaming bandwidth: read (sum) and copy (read + write), best of ``reps``."""
+    import numpy as np
+
+    a = np.ones(n_bytes // 4, np.float32)
+    b = np.empty_like(a)
+    best_copy = best_read = 0.0
+    for _ in range(reps):
+        t = time.perf_counter()
+        np.copyto(b, a)
+        best_copy = max(best_copy, 2 * a.nbytes / (time.perf_counter() - t))
+        t = time.perf_counter()
+        a.sum()
+        best_read = max(best_read, a.nbytes / (time.perf_counter() - t))
+    return {"copy_gb_s": best_copy / 1e9, "read_gb_s": best_read / 1e9}
+
+
+def prompt_tokens(tok, n: int) -> list[int]:
+    text = (ROOT / "tests" / "fixtures" / "ppl_text.txt").read_text()
+    ids = tok.encode(text, add_bos=True)
+    return ids[:n]
+
+
+def bench_turbospec(args) -> dict:
+    from turbospec.engine.backend import set_threads
+
+    set_threads(args.threads)
+    from turbospec.engine.generate import Session
+    from turbospec.engine.loader import load_model, load_tokenizer
+
+    t = time.perf_counter()
+    model = load_model(args.model, quiet=True)
+    tok = load_tokenizer(model)
+    load_s = time.perf_counter() - t
+    short = tok.encode("The capital of France is", add_bos=True)
+    long_prompt = prompt_tokens(tok, args.n_prompt)
+
+    def decode_once(n: int) -> float:
+        s = Session(model)
+        logits = s.prefill(short)
+        nxt = int(logits[-1].argmax())
+        t0 = time.perf_counter()
+        for _ in range(n):
+            nxt = int(s.step([nxt])[-1].argmax())
+        return n / (time.perf_counter() - t0)
+
+    def prefill_once() -> float:
+        s = Session(model)
+        t0 = time.perf_counter()
+        s.prefill(long_prompt)
+        return len(long_prompt) / (time.perf_counter() - t0)
+
+    decode_once(8)
+    prefill_once()
+    dec = [decode_once(args.n_gen) for _ in range(args.reps)]
+    pre = [prefill_once() for _ in range(args.reps)]
+    return {
+        "engine": "turbospec (numpy)",
+        "load_s": load_s,
+        "decode": dec,
+        "prefill": pre,
+        "weight_bytes": model.weight_bytes,
+    }
+
+
+def bench_llamacpp(args) -> dict | None:
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    from turbospec.engine.loader import default_model_path
+
+    path = str(args.model or default_model_path())
+    llm = llama_cpp.Llama(
+        path, n_ctx=2048, n_batch=512, n_ubatch=512, n_threads=args.threads, n_threads_batch=args.threads,
+        verbose=False,
+    )
+    short = llm.tokenize(b"The capital of France is", add_bos=True, special=True)
+    text = (ROOT / "tests" / "fixtures" / "ppl_text.txt").read_bytes()
+    long_prompt = llm.tokenize(text, add_bos=True)[: args.n_prompt]
+
+    def decode_once(n: int) -> float:
+        llm.reset()
+        llm.eval(short)
+        import numpy as np
+
+        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        t0 = time.perf_counter()
+        for _ in range(n):
+            llm.eval([nxt])
+            nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        return n / (time.perf_counter() - t0)
+
+    def prefill_once() -> float:
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(long_prompt)
+        return len(long_prompt) / (time.perf_counter() - t0)
+
+    decode_once(8)
+    prefill_once()
+    dec = [decode_once(args.n_gen) for _ in range(args.reps)]
+    pre = [prefill_once() for _ in range(args.reps)]
+    return {"engine": f"llama.cpp (llama-cpp-python {llama_cpp.__version__})", "decode": dec, "prefill": pre,
+            "weight_bytes": os.path.getsize(path)}
+
+
+def ms(xs: list[float]) -> str:
+    m = statistics.mean(xs)
+    s = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{m:.1f} ± {s:.1f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-m", "--model", default=None)
+    ap.add_argument("-t", "--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("-r", "--reps", type=int, default=3)
+    ap.add_argument("--n-gen", type=int, default=128)
+    ap.add_argument("--n-prompt", type=int, default=512)
+    ap.add_argument("--no-llamacpp", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
+    bw = stream_bandwidth()
+    ours = bench_turbospec(args)
+    peer = None if args.no_llamacpp else bench_llamacpp(args)
+    rows = [ours] + ([peer] if peer else [])
+    print(f"threads {args.threads}; NumPy streaming bandwidth: read {bw['read_gb_s']:.1f} GB/s, "
+          f"copy {bw['copy_gb_s']:.1f} GB/s")
+    print(f"| engine | decode tok/s ({args.n_gen} tok) | prefill tok/s ({args.n_prompt} tok) | weight bytes/token |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['engine']} | {ms(r['decode'])} | {ms(r['prefill'])} | {r['weight_bytes'] / 1e6:.0f} MB |")
+    roof = bw["read_gb_s"] * 1e9 / ours["weight_bytes"]
+    print(f"turbospec decode roofline at {bw['read_gb_s']:.1f} GB/s: {roof:.1f} tok/s "
+          f"(measured {statistics.mean(ours['decode']) / roof:.0%} of it)")
+    if peer:
+        rd = statistics.mean(ours["decode"]) / statistics.mean(peer["decode"])
+        rp = statistics.mean(ours["prefill"]) / statistics.mean(peer["prefill"])
+        print(f"ratio turbospec / llama.cpp: decode {rd:.2f}x, prefill {rp:.2f}x")
+    if args.json:
+        print(json.dumps({"bandwidth": bw, "results": rows, "threads": args.threads}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -269,6 +269,16 @@ def cell_key(row: dict[str, Any]) -> tuple:
     return tuple(_hashable(row.get(k)) for k in SETTINGS)
 
 
+def done_repetitions(rows: list[dict[str, Any]]) -> dict[tuple, set[int]]:
+    """``--resume``: cell_key -> repetition indices already finished with status ok (failed and
+    interrupted repetitions are run again)."""
+    done: dict[tuple, set[int]] = {}
+    for r in rows:
+        if r.get("status") == "ok" and type(r.get("repetition")) is int:
+            done.setdefault(cell_key(r), set()).add(r["repetition"])
+    return done
+
+
 def _hashable(v: Any) -> Any:
     if isinstance(v, list):
         return tuple(_hashable(x) for x in v)

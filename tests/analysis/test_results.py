@@ -180,3 +180,18 @@ def test_summarize_groups_repetitions_by_cell():
     assert R.format_summary(s, "csv").splitlines()[0].startswith("model_filename,")
     with pytest.raises(UserError, match="unknown output format"):
         R.format_summary(s, "xml")
+
+
+def test_done_repetitions_for_resume(tmp_path):
+    path = tmp_path / "r.jsonl"
+    for row in (
+        R.example_row(repetition=0),
+        R.example_row(repetition=1, status="failed", error="boom"),
+        R.example_row(repetition=2, status="interrupted"),
+        R.example_row(repetition=1),
+        R.example_row(repetition=0, type_k="q8_0"),
+    ):
+        R.append_row(path, row)
+    rows, _ = R.read_rows(path)
+    done = R.done_repetitions(rows)
+    assert done == {R.cell_key(R.example_row()): {0, 1}, R.cell_key(R.example_row(type_k="q8_0")): {0}}

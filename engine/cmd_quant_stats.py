@@ -67,14 +67,19 @@ def render(rows: list[dict], args: argparse.Namespace) -> None:
                  "IP err^2 / bias = mean (<q,x~> - <q,x>)^2 / mean, q random unit; aligned bias: "
                  "q = unit(x + noise); 4^-b with b = bits/value"),
     )
-    cols = ["type", "bits/value", "MSE", "paper D_mse", "4^-b", "IP err^2", "IP bias", "aligned bias",
+    padded = any(r["padded_dim"] != r["dim"] for r in rows)
+    cols = ["type", "bits/value"] + (["b/v padded"] if padded else [])
+    cols += ["MSE", "paper D_mse", "4^-b", "IP err^2", "IP bias", "aligned bias",
             "MSE outl.", "IP err^2 outl."]
     if eq:
         cols += [f"MSE outl. eq {args.kv_equalize:g}", f"IP err^2 outl. eq {args.kv_equalize:g}"]
     for c in cols:
         t.add_column(c, justify="left" if c == "type" else "right")
     for r in rows:
-        cells = [r["type"], f"{r['bits_per_value']:g}", _fmt(r["mse"]), _fmt(r["paper_dmse"], 3), _fmt(r["floor"]),
+        cells = [r["type"], f"{r['bits_per_value']:g}"]
+        if padded:
+            cells.append(f"{r['bits_per_value_effective']:.3g}")
+        cells += [_fmt(r["mse"]), _fmt(r["paper_dmse"], 3), _fmt(r["floor"]),
                  _fmt(r["ip_mse"]), _fmt(r["ip_bias"]), _fmt(r["ip_bias_aligned"]), _fmt(r["mse_outlier"]),
                  _fmt(r["ip_mse_outlier"])]
         if eq:

@@ -104,6 +104,7 @@ def codec_stats(name: str, cfg: QuantStatsConfig) -> dict:
     row = {
         "type": name,
         "bits_per_value": codec.bits_per_value,
+        "bits_per_value_effective": codec.row_bytes(d) * 8 / d,  # with the zero padding
         "dim": d,
         "padded_dim": codec.padded_dim(d),
         "n": cfg.n,

@@ -51,6 +51,7 @@ def test_subset_dim_padding_and_equalization(capsys):
     assert [r["type"] for r in rows] == ["q4_0", "turbo3"]
     assert "zero-padded to 128" in err
     assert rows[1]["padded_dim"] == 128 and rows[0]["padded_dim"] == 128 and rows[0]["dim"] == 100
+    assert rows[1]["bits_per_value_effective"] == pytest.approx(50 * 8 / 100)
     q4 = rows[0]
     assert q4["equalize"] == 0.5
     assert q4["mse_outlier_eq"] < 0.6 * q4["mse_outlier"]  # equalization tames the block scale

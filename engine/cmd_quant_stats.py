@@ -29,6 +29,8 @@ def register(sub) -> None:
     p.add_argument("--outlier-channels", type=int, default=None, metavar="K",
                    help="outlier channels per vector (default dim // 32, at least 1)")
     p.add_argument("--outlier-scale", type=float, default=10.0, help="outlier channel scale (default 10)")
+    p.add_argument("--speed", action="store_true",
+                   help="also time encode (1 row, 512 rows), decode (8192 rows) and scores per type")
     p.add_argument("--json", action="store_true", help="print the results as JSON on the last line")
     p.set_defaults(func=run)
 
@@ -89,6 +91,20 @@ def render(rows: list[dict], args: argparse.Namespace) -> None:
     con.print(t)
 
 
+def render_speed(rows: list[dict], args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"KV codec speed (dim {args.dim}, best of 3, NumPy on this machine; other load skews it)")
+    keys = [k for k in rows[0] if k != "type"]
+    t.add_column("type")
+    for k in keys:
+        t.add_column(k.replace("_", " "), justify="right")
+    for r in rows:
+        t.add_row(r["type"], *[f"{r[k]:.3g}" for k in keys])
+    Console(width=max(160, Console().width)).print(t)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.n < 2:
         raise UserError(f"--n {args.n} is too small; use at least 2 vectors (default 20000)")
@@ -112,6 +128,13 @@ def run(args: argparse.Namespace) -> int:
                            outlier_scale=args.outlier_scale, outlier_channels=args.outlier_channels)
     rows = run_quant_stats(cfg)
     render(rows, args)
+    if args.speed:
+        from turbospec.engine.kv.stats import codec_speed
+
+        speed = [codec_speed(t, args.dim) for t in types]
+        render_speed(speed, args)
+        for r, sp in zip(rows, speed, strict=True):
+            r.update({k: v for k, v in sp.items() if k != "type"})
     if args.json:
         print(json.dumps(rows), flush=True)
     return 0

@@ -130,3 +130,45 @@ def codec_stats(name: str, cfg: QuantStatsConfig) -> dict:
 
 def run_quant_stats(cfg: QuantStatsConfig) -> list[dict]:
     return [codec_stats(t, cfg) for t in cfg.types]
+
+
+def _best_time(f, reps: int, rounds: int = 3) -> float:
+    import time
+
+    f()
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            f()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return best
+
+
+def codec_speed(name: str, dim: int, ctx: int = 8192, batch: int = 512, n_query: int = 4) -> dict:
+    """Wall-clock codec costs at the engine's sizes (best of 3; not for unit tests).
+
+    encode of 1 row (a decode step, per layer and K or V), of ``batch`` rows (a prefill chunk),
+    decode of ``ctx`` rows (a whole cache), and scores of ``n_query`` queries against them.
+    """
+    codec = get_codec(name)
+    pd = codec.padded_dim(dim)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((ctx, pd)).astype(np.float32)
+    q = rng.standard_normal((n_query, pd)).astype(np.float32)
+    packed = codec.encode(x)
+    out = np.empty((ctx, pd), np.float32)
+    one, chunk = x[:1], x[:batch]
+    enc1 = _best_time(lambda: codec.encode(one), 200)
+    encb = _best_time(lambda: codec.encode(chunk), 5)
+    dec = _best_time(lambda: codec.decode_into(packed, out), 5)
+    sc = _best_time(lambda: codec.scores(q, packed), 5)
+    return {
+        "type": name,
+        "encode_row_us": enc1 * 1e6,
+        f"encode_{batch}_ms": encb * 1e3,
+        "encode_mvals": batch * pd / encb / 1e6,
+        f"decode_{ctx}_ms": dec * 1e3,
+        "decode_mvals": ctx * pd / dec / 1e6,
+        f"scores_{n_query}x{ctx}_ms": sc * 1e3,
+    }

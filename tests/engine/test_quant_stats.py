@@ -58,7 +58,15 @@ def test_subset_dim_padding_and_equalization(capsys):
     rows, _, _ = run_json(capsys, "--type", "turbo2", "--n", "200", "--kv-equalize=1.0")
     assert rows[0]["equalize"] == 1.0 and "mse_outlier_eq" in rows[0]
     rows, _, _ = run_json(capsys, "--type", "turbo2", "--n", "200")
-    assert "mse_outlier_eq" not in rows[0]
+    assert "mse_outlier_eq" not in rows[0] and "decode_mvals" not in rows[0]
+
+
+def test_speed_columns(capsys):
+    rows, out, _ = run_json(capsys, "--type", "turbo3", "--n", "50", "--speed")
+    r = rows[0]
+    for key in ("encode_row_us", "encode_512_ms", "decode_8192_ms", "decode_mvals", "scores_4x8192_ms"):
+        assert r[key] > 0
+    assert "KV codec speed" in out
 
 
 @pytest.mark.parametrize(

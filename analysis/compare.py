@@ -172,11 +172,11 @@ def _ok(inp: Inputs) -> pd.DataFrame:
 
 
 def _table(t: pd.DataFrame, shown: list[str]) -> D.Table:
-    from turbospec.analysis.report import PRETTY, _key_str
+    from turbospec.analysis.labels import PRETTY, key_str
 
     recs = []
     for _, r in t.iterrows():
-        rec = {PRETTY.get(k, k): _key_str(k, r[k]) for k in shown}
+        rec = {PRETTY.get(k, k): key_str(k, r[k]) for k in shown}
         rec.update(
             {
                 "metric": r["metric"],

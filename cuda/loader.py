@@ -49,6 +49,9 @@ WEIGHT_KERNEL_TYPES = ("q8_0", "q5_0", "q4_k", "q6_k", "f16", "f32")
 for _t in WEIGHT_KERNEL_TYPES:
     KERNELS[f"matvec_{_t}"] = KernelSpec("matvec.cu", "pppii")
     KERNELS[f"matmul_{_t}"] = KernelSpec("matvec.cu", "pppiii")
+KERNELS["kv_append"] = KernelSpec("kv.cu", "pppiiii")
+KERNELS["attn_decode"] = KernelSpec("attn.cu", "pppppiiiiiiif")
+KERNELS["attn_reduce"] = KernelSpec("attn.cu", "pppiii")
 MATMUL_NB = 8  # tokens per weight pass in matmul_* (TS_NB in matvec.cu)
 
 
@@ -216,4 +219,65 @@ def matmul(w: Any, wtype: str, x: Any, rows: int, out: Any = None) -> Any:
     out = xp.empty((t, rows), xp.float32) if out is None else out
     launch(f"matmul_{wtype}", ((rows + 3) // 4, (t + MATMUL_NB - 1) // MATMUL_NB), (128,),
            (w, x, out, rows, k, t))
+    return out
+
+
+# ------------------------------------------------------------------ ops: KV cache
+KV_TYPE_ID = {"f16": 0, "q8_0": 1, "q4_0": 2, "turbo4": 3, "turbo3": 4, "turbo2": 5, "turbo4lm": 6}
+
+
+def kv_append(x: Any, cache: Any, kvtype: str, pos0: int, eq: Any = None) -> None:
+    """Encode rows x [n_tok, n_kv_heads, D] into cache [n_ctx, n_kv_heads, row_bytes] at pos0...
+    ``eq``: optional [D] K equalization scales (x * eq is stored). Reference: reference.kv_encode."""
+    x = _f32(x)
+    n_tok, n_heads, d = x.shape
+    if kvtype not in KV_TYPE_ID:
+        raise ValueError(f"unknown cache type {kvtype!r}; have {', '.join(KV_TYPE_ID)}")
+    if d % 128:
+        raise ValueError(f"head_dim {d} is not a multiple of 128 (zero-pad it)")
+    if pos0 + n_tok > cache.shape[0]:
+        raise ValueError(f"cache has {cache.shape[0]} cells, appending {n_tok} at {pos0}")
+    if n_tok:
+        launch("kv_append", (d // 128, n_heads, n_tok), (128,),
+               (x, None if eq is None else _f32(eq), cache, KV_TYPE_ID[kvtype], pos0, n_heads, d))
+
+
+ATT_D = 256
+ATT_GMAX = 4
+
+
+def attn_split(n_cells: int, max_split: int = 64, min_chunk: int = 64) -> tuple[int, int]:
+    """(n_split, chunk) for n_cells: chunks of >= min_chunk cells, at most max_split of them."""
+    if n_cells <= 0:
+        return 1, 1
+    n_split = max(1, min(max_split, -(-n_cells // min_chunk)))
+    chunk = -(-n_cells // n_split)
+    return n_split, chunk
+
+
+def attn_decode(q: Any, kc: Any, vc: Any, ktype: str, vtype: str, kv_start: int, kv_end: int, scale: float,
+                n_split: int | None = None, out: Any = None) -> Any:
+    """Attention of one token's Q [n_q_heads, 256] over cells [kv_start, kv_end) of K/V caches
+    [n_ctx, n_kv_heads, row_bytes] (uint8). Returns [n_q_heads, 256]. Reference:
+    reference.attn_decode. Two launches: attn_decode over n_split chunks, then attn_reduce."""
+    q = _f32(q)
+    nq, d = q.shape
+    n_kv = kc.shape[1]
+    if d != ATT_D:
+        raise ValueError(f"attn_decode supports head_dim {ATT_D}, got {d}")
+    if nq % n_kv or nq // n_kv > ATT_GMAX:
+        raise ValueError(f"{nq} Q heads over {n_kv} KV heads: need a ratio of at most {ATT_GMAX}")
+    n_cells = kv_end - kv_start
+    if n_split is None:
+        n_split, chunk = attn_split(n_cells)
+    else:
+        chunk = max(1, -(-n_cells // n_split))
+    xp = _xp(q)
+    o_part = xp.empty((n_split, nq, d), xp.float32)
+    ml_part = xp.empty((n_split, nq, 2), xp.float32)
+    out = xp.empty((nq, d), xp.float32) if out is None else out
+    launch("attn_decode", (n_split, n_kv), (128,),
+           (q, kc, vc, o_part, ml_part, KV_TYPE_ID[ktype], KV_TYPE_ID[vtype], n_kv, nq // n_kv, kv_start, kv_end,
+            chunk, float(scale)))
+    launch("attn_reduce", (nq,), (ATT_D,), (o_part, ml_part, out, n_split, nq, KV_TYPE_ID[vtype]))
     return out

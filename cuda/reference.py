@@ -130,3 +130,191 @@ def random_weight(rng: np.random.Generator, wtype: str, rows: int, k: int) -> np
     elif wtype == "q6_k":
         raw[:, 208:210] = scale(nb)
     return raw.reshape(-1)
+
+
+# ------------------------------------------------------------------ KV cache codecs (DESIGN.md)
+KV_TYPES: dict[str, tuple[int, int]] = {  # (values per block, bytes per block)
+    "f16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18), "turbo4": (128, 68), "turbo3": (128, 50), "turbo2": (128, 34),
+    "turbo4lm": (128, 68),
+}
+KV_TYPE_ID = {"f16": 0, "q8_0": 1, "q4_0": 2, "turbo4": 3, "turbo3": 4, "turbo2": 5, "turbo4lm": 6}
+TURBO_BOOKS = {
+    "turbo2": np.array([-0.133462, -0.039994, 0.039994, 0.133462], np.float32),
+    "turbo3": np.array([-0.190685, -0.117832, -0.065717, -0.021460, 0.021460, 0.065717, 0.117832, 0.190685],
+                       np.float32),
+    "turbo4": np.array([-0.173926, -0.117195, -0.089527, -0.068756, -0.051262, -0.035597, -0.020989, -0.006938,
+                        0.006938, 0.020989, 0.035597, 0.051262, 0.068756, 0.089527, 0.117195, 0.173926],
+                       np.float32),
+    "turbo4lm": np.array([-0.23715, -0.18041, -0.14148, -0.11002, -0.08264, -0.05765, -0.03407, -0.01128,
+                          0.01128, 0.03407, 0.05765, 0.08264, 0.11002, 0.14148, 0.18041, 0.23715], np.float32),
+}
+_S1 = ("-++--+-+--+++++++-+-+--+++-++---" "-++-++-+-++--+-++++-----+-++++-+"
+       "--+---+---+---+++--+++--++-++-+-" "-++-+-+-++++-+-++-++-----++-++-+")
+_S2 = ("++++-++-+---+---++--+-+-+--+-+++" "++---+------+++-+-+++--+------++"
+       "+-+----+-+-+--++-+-++-+----+--+-" "+-+++--+-+-++--+-+-++-+-+-----+-")
+S1 = np.array([-1.0 if c == "-" else 1.0 for c in _S1], np.float32)
+S2 = np.array([-1.0 if c == "-" else 1.0 for c in _S2], np.float32)
+SQRT128 = np.float32(np.sqrt(128.0))
+
+
+def kv_row_bytes(kvtype: str, d: int) -> int:
+    qk, bs = KV_TYPES[kvtype]
+    return d // qk * bs
+
+
+def wht128(v: np.ndarray) -> np.ndarray:
+    """Unnormalised Sylvester butterfly over the last axis (128), float32, stage by stage."""
+    v = np.array(v, np.float32)
+    shape = v.shape
+    h = 1
+    while h < 128:
+        w = v.reshape(-1, 128 // (2 * h), 2, h)
+        a, b = w[:, :, 0, :].copy(), w[:, :, 1, :].copy()
+        w[:, :, 0, :], w[:, :, 1, :] = a + b, a - b
+        v = w.reshape(shape)
+        h *= 2
+    return v
+
+
+def rotate(x: np.ndarray) -> np.ndarray:
+    """r = s2 * H(s1 * x) / sqrt(128) on each 128-group of the last axis."""
+    g = np.asarray(x, np.float32).reshape(-1, 128)
+    return (wht128(g * S1) / SQRT128 * S2).reshape(np.shape(x))
+
+
+def unrotate(r: np.ndarray) -> np.ndarray:
+    """Inverse: s2 first, butterfly, / sqrt(128), s1."""
+    g = np.asarray(r, np.float32).reshape(-1, 128)
+    return (wht128(g * S2) / SQRT128 * S1).reshape(np.shape(r))
+
+
+def sumsq_halving(g: np.ndarray) -> np.ndarray:
+    """Sum of squares of each 128-row by halving (s[j] += s[j + h], h = 64..1), float32 — the
+    order kv_append and engine/kv/codecs.py use, so all three agree to the bit."""
+    s = np.asarray(g, np.float32) ** 2
+    h = 64
+    while h >= 1:
+        s = s[:, :h] + s[:, h:2 * h]
+        h //= 2
+    return s[:, 0]
+
+
+def turbo_encode_group(x: np.ndarray, kvtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per 128-group of x [n, 128]: (idx [n, 128], norm f16 [n], r = rotated unit vector [n, 128])."""
+    book = TURBO_BOOKS[kvtype]
+    x = np.asarray(x, np.float32)
+    n = np.sqrt(sumsq_halving(x))
+    safe = np.where(n > 1e-10, n, np.float32(1))
+    u = np.where((n > 1e-10)[:, None], x / safe[:, None], np.float32(0)).astype(np.float32)
+    r = wht128(u * S1) / SQRT128 * S2
+    mids = ((book[:-1] + book[1:]) * np.float32(0.5)).astype(np.float32)
+    idx = np.searchsorted(mids, r, side="right")  # value on a midpoint -> higher index
+    cn = np.sqrt(sumsq_halving(book[idx]))
+    return idx, (n / cn).astype(np.float16), r
+
+
+def kv_encode(x: np.ndarray, kvtype: str) -> np.ndarray:
+    """Rows x [n, D] f32 -> cache bytes [n, row_bytes] (uint8)."""
+    x = np.asarray(x, np.float32)
+    n, d = x.shape
+    if kvtype == "f16":
+        return x.astype(np.float16).view(np.uint8).reshape(n, 2 * d)
+    if kvtype == "q8_0":
+        b = x.reshape(-1, 32)
+        amax = np.abs(b).max(axis=1, keepdims=True)
+        dd = amax / np.float32(127)
+        with np.errstate(divide="ignore"):
+            idd = np.where(dd == 0, np.float32(0), np.float32(1) / dd).astype(np.float32)
+        v = b * idd
+        q = (np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))).astype(np.int8)  # roundf
+        out = np.concatenate([dd.astype(np.float16).view(np.uint8), q.view(np.uint8)], axis=1)
+        return out.reshape(n, -1)
+    if kvtype == "q4_0":
+        b = x.reshape(-1, 32)
+        mx = np.take_along_axis(b, np.abs(b).argmax(axis=1)[:, None], axis=1)
+        dd = mx / np.float32(-8)
+        with np.errstate(divide="ignore"):
+            idd = np.where(dd == 0, np.float32(0), np.float32(1) / dd).astype(np.float32)
+        q = np.minimum(15, np.trunc(b * idd + np.float32(8.5)).astype(np.int32)).astype(np.uint8)
+        qs = q[:, :16] | (q[:, 16:] << 4)
+        return np.concatenate([dd.astype(np.float16).view(np.uint8), qs], axis=1).reshape(n, -1)
+    idx, norm, _ = turbo_encode_group(x.reshape(-1, 128), kvtype)
+    g = idx.shape[0]
+    nb = norm.view(np.uint8).reshape(g, 2)
+    if kvtype in ("turbo4", "turbo4lm"):
+        qs = (idx[:, 0::2] | (idx[:, 1::2] << 4)).astype(np.uint8)
+        out = np.concatenate([nb, np.zeros((g, 2), np.uint8), qs], axis=1)
+    elif kvtype == "turbo3":
+        lo = (idx & 3).reshape(g, 32, 4)
+        qs = (lo[..., 0] | lo[..., 1] << 2 | lo[..., 2] << 4 | lo[..., 3] << 6).astype(np.uint8)
+        hi = ((idx >> 2) & 1).reshape(g, 16, 8)
+        signs = (hi << np.arange(8)).sum(axis=2).astype(np.uint8)
+        out = np.concatenate([nb, qs, signs], axis=1)
+    else:
+        lo = idx.reshape(g, 32, 4)
+        qs = (lo[..., 0] | lo[..., 1] << 2 | lo[..., 2] << 4 | lo[..., 3] << 6).astype(np.uint8)
+        out = np.concatenate([nb, qs], axis=1)
+    return out.reshape(n, -1)
+
+
+def turbo_indices(rows: np.ndarray, kvtype: str, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unpack (idx [n, d], norm f32 [n, d // 128]) from turbo cache rows [n, row_bytes]."""
+    qk, bs = KV_TYPES[kvtype]
+    b = np.ascontiguousarray(rows).reshape(-1, bs)
+    norm = b[:, :2].copy().view(np.float16).astype(np.float32)[:, 0]
+    if kvtype in ("turbo4", "turbo4lm"):
+        qs = b[:, 4:68]
+        idx = np.stack([qs & 15, qs >> 4], axis=2).reshape(-1, 128)
+    elif kvtype == "turbo3":
+        qs, sg = b[:, 2:34], b[:, 34:50]
+        lo = np.stack([(qs >> (2 * k)) & 3 for k in range(4)], axis=2).reshape(-1, 128)
+        hi = np.stack([(sg >> k) & 1 for k in range(8)], axis=2).reshape(-1, 128)
+        idx = lo | (hi << 2)
+    else:
+        qs = b[:, 2:34]
+        idx = np.stack([(qs >> (2 * k)) & 3 for k in range(4)], axis=2).reshape(-1, 128)
+    n = rows.shape[0]
+    return idx.astype(np.int64).reshape(n, d), norm.reshape(n, d // 128)
+
+
+def kv_decode(rows: np.ndarray, kvtype: str, d: int) -> np.ndarray:
+    """Cache rows [n, row_bytes] -> values [n, d] f32 (turbo: in the rotated domain)."""
+    rows = np.ascontiguousarray(rows, dtype=np.uint8)
+    n = rows.shape[0]
+    if kvtype == "f16":
+        return rows.view(np.float16).astype(np.float32).reshape(n, d)
+    if kvtype == "q8_0":
+        b = rows.reshape(-1, 34)
+        return (_h(b[:, :2]) * b[:, 2:].view(np.int8).astype(np.float32)).reshape(n, d)
+    if kvtype == "q4_0":
+        b = rows.reshape(-1, 18)
+        qs = b[:, 2:]
+        q = np.concatenate([qs & 15, qs >> 4], axis=1).astype(np.float32) - 8
+        return (_h(b[:, :2]) * q).reshape(n, d)
+    idx, norm = turbo_indices(rows, kvtype, d)
+    vals = TURBO_BOOKS[kvtype][idx].reshape(n, d // 128, 128) * norm[:, :, None]
+    return vals.reshape(n, d).astype(np.float32)
+
+
+def attn_decode(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, ktype: str, vtype: str, n_kv_heads: int,
+                kv_start: int, kv_end: int, scale: float) -> np.ndarray:
+    """Decode attention for one query over cache cells [kv_start, kv_end).
+
+    q [n_q_heads, D]; kc / vc: [n_ctx, n_kv_heads, row_bytes] uint8. Returns [n_q_heads, D] in the
+    original domain (turbo K: Q rotated; turbo V: output rotated back)."""
+    nq, d = q.shape
+    g = nq // n_kv_heads
+    out = np.zeros((nq, d), np.float64)
+    for hk in range(n_kv_heads):
+        k = kv_decode(kc[kv_start:kv_end, hk], ktype, d).astype(np.float64)
+        v = kv_decode(vc[kv_start:kv_end, hk], vtype, d).astype(np.float64)
+        for j in range(g):
+            qh = q[hk * g + j].astype(np.float32)
+            qh = rotate(qh) if ktype.startswith("turbo") else qh
+            s = k @ qh.astype(np.float64) * scale
+            if s.size == 0:
+                continue
+            p = np.exp(s - s.max())
+            o = p @ v / p.sum()
+            out[hk * g + j] = unrotate(o.astype(np.float32)) if vtype.startswith("turbo") else o
+    return out.astype(np.float32)

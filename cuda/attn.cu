@@ -1,0 +1,122 @@
+// attn.cu — decode attention over a quantized KV cache, split over the sequence (flash-decoding)
+// with a reduce kernel. head_dim 256 (Gemma 3 / the MTP head); up to 4 Q heads per KV head.
+#include "common.cuh"
+#include "kvtypes.cuh"
+
+#define ATT_D 256
+#define ATT_GMAX 4
+#define ATT_WARPS 4
+
+// q: [n_kv_heads * G, 256] f32, un-rotated (and already divided by the K equalization scales,
+// if any); kc / vc: caches [n_ctx, n_kv_heads, row_bytes]; cells kv_start <= t < kv_end are
+// attended (the sliding window is the caller's kv_start). Split s covers
+// [kv_start + s * chunk, kv_start + (s + 1) * chunk).
+// For turbo K, Q is rotated in shared memory first (<Rq, Rk> = <q, k>); V stays in its domain
+// (turbo V: the output is rotated back by attn_reduce).
+// Out: o_part [n_split, n_q_heads, 256] un-normalised sums, ml_part [n_split, n_q_heads, 2]
+// (running max, sum of exp) per split.
+// grid = (n_split, n_kv_heads), block = 128 (4 warps; a warp owns one cell at a time, a lane
+// 8 of the 256 dims, all G Q heads at once so each K/V row is read once).
+// Napkin per layer and token of context: K + V row bytes (f16 1024, q8_0 544, q4_0 288,
+// turbo4 272, turbo3 200, turbo2 136) and 4 x 2 x 2 x 256 = 4 kFLOP: bandwidth-bound; a 32k
+// turbo3 context is 6.4 MB per layer = ~1.3 us at 4.8 TB/s if the splits fill the GPU.
+extern "C" __global__ void __launch_bounds__(128)
+attn_decode(const float* __restrict__ q, const u8* __restrict__ kc, const u8* __restrict__ vc,
+            float* __restrict__ o_part, float* __restrict__ ml_part, int ktype, int vtype, int n_kv_heads,
+            int G, int kv_start, int kv_end, int chunk, float scale) {
+  __shared__ float sq[ATT_GMAX * ATT_D];
+  __shared__ float sacc[ATT_WARPS][ATT_GMAX][ATT_D];
+  __shared__ float sml[ATT_WARPS][ATT_GMAX][2];
+  const int split = blockIdx.x, hk = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int nq = n_kv_heads * G;
+  for (int i = tid; i < G * ATT_D; i += blockDim.x) sq[i] = q[(long long)hk * G * ATT_D + i];
+  __syncthreads();
+  if (kv_is_turbo(ktype)) tb_rotate_shared(sq, G * (ATT_D / 128), false);
+
+  float qr[ATT_GMAX][8], acc[ATT_GMAX][8], m[ATT_GMAX], l[ATT_GMAX];
+#pragma unroll
+  for (int g = 0; g < ATT_GMAX; ++g) {
+    m[g] = TS_NEG_BIG;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      qr[g][k] = g < G ? sq[g * ATT_D + lane * 8 + k] * scale : 0.0f;
+      acc[g][k] = 0.0f;
+    }
+  }
+  const long long krb = kv_row_bytes(ktype, ATT_D), vrb = kv_row_bytes(vtype, ATT_D);
+  const int t0 = kv_start + split * chunk;
+  const int t1 = min(t0 + chunk, kv_end);
+  for (int t = t0 + warp; t < t1; t += ATT_WARPS) {
+    const long long cell = (long long)t * n_kv_heads + hk;
+    float kv[8], s[ATT_GMAX];
+    kv_load8(ktype, kc + cell * krb, lane, kv);
+#pragma unroll
+    for (int g = 0; g < ATT_GMAX; ++g) {
+      float p = 0.0f;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) p += qr[g][k] * kv[k];
+      s[g] = warp_sum(p);
+    }
+    kv_load8(vtype, vc + cell * vrb, lane, kv);
+#pragma unroll
+    for (int g = 0; g < ATT_GMAX; ++g) {
+      const float mn = fmaxf(m[g], s[g]);
+      const float corr = __expf(m[g] - mn), p = __expf(s[g] - mn);
+      l[g] = l[g] * corr + p;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) acc[g][k] = acc[g][k] * corr + p * kv[k];
+      m[g] = mn;
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < ATT_GMAX; ++g) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) sacc[warp][g][lane * 8 + k] = acc[g][k];
+    if (lane == 0) {
+      sml[warp][g][0] = m[g];
+      sml[warp][g][1] = l[g];
+    }
+  }
+  __syncthreads();
+  for (int i = tid; i < G * ATT_D; i += blockDim.x) {
+    const int g = i / ATT_D, d = i % ATT_D;
+    float M = TS_NEG_BIG;
+    for (int w = 0; w < ATT_WARPS; ++w) M = fmaxf(M, sml[w][g][0]);
+    float L = 0.0f, O = 0.0f;
+    for (int w = 0; w < ATT_WARPS; ++w) {
+      const float e = __expf(sml[w][g][0] - M);
+      L += sml[w][g][1] * e;
+      O += sacc[w][g][d] * e;
+    }
+    const long long hq = (long long)split * nq + hk * G + g;
+    o_part[hq * ATT_D + d] = O;
+    if (d == 0) {
+      ml_part[hq * 2] = M;
+      ml_part[hq * 2 + 1] = L;
+    }
+  }
+}
+
+// out[h] = sum_s o_s * e^(m_s - M) / sum_s l_s * e^(m_s - M); rotated back for turbo V.
+// grid = n_q_heads, block = 256 (one thread per dim).
+// Napkin: n_split x n_q_heads x 1 KiB read — small next to the cache unless n_split is huge.
+extern "C" __global__ void __launch_bounds__(256)
+attn_reduce(const float* __restrict__ o_part, const float* __restrict__ ml_part, float* __restrict__ out,
+            int n_split, int n_q_heads, int vtype) {
+  __shared__ float so[ATT_D];
+  const int h = blockIdx.x, d = threadIdx.x;
+  float M = TS_NEG_BIG;
+  for (int s = 0; s < n_split; ++s) M = fmaxf(M, ml_part[((long long)s * n_q_heads + h) * 2]);
+  float L = 0.0f, O = 0.0f;
+  for (int s = 0; s < n_split; ++s) {
+    const long long hq = (long long)s * n_q_heads + h;
+    const float e = __expf(ml_part[hq * 2] - M);
+    L += ml_part[hq * 2 + 1] * e;
+    O += o_part[hq * ATT_D + d] * e;
+  }
+  so[d] = L > 0.0f ? O / L : 0.0f;
+  __syncthreads();
+  if (kv_is_turbo(vtype)) tb_rotate_shared(so, ATT_D / 128, true);
+  out[(long long)h * ATT_D + d] = so[d];
+}

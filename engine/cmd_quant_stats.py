@@ -51,7 +51,7 @@ def _fmt(v: float | None, digits: int = 4) -> str:
         return "—"
     if v == 0:
         return "0"
-    if abs(v) < 10 ** -(digits - 1) or abs(v) >= 1000:
+    if abs(v) < 1e-3 or abs(v) >= 1000:
         return f"{v:.2e}"
     return f"{v:.{digits}f}"
 

@@ -80,7 +80,15 @@ def read(path: str | Path) -> TraceStats:
     bad = good = 0
     plain_sum, plain_n = 0.0, 0
     agg = T.Aggregator()
-    for obj in T.read_trace(p):
+    ignored = 0
+    for raw in T.iter_file_lines(p):
+        head = raw.lstrip()[:1]
+        if not head:
+            continue
+        if head != b"{":  # e.g. llama.cpp's own stderr lines around LLAMA_MTP_ACC_TRACE=1 output
+            ignored += 1
+            continue
+        obj = T.parse_line(raw)
         if obj is None:
             bad += 1
             continue
@@ -91,7 +99,7 @@ def read(path: str | Path) -> TraceStats:
             plain_sum += obj["us"]
             plain_n += 1
     m = T.compute_metrics(agg)
-    st.lines = good + bad
+    st.lines = good + bad + ignored
     st.malformed = bad + int(m["malformed_lines"])
     st.run_start = m["header"] or None
     st.run_end = m["end"] or None
@@ -118,6 +126,8 @@ def read(path: str | Path) -> TraceStats:
         st.messages.append(f"{p}: no line of the trace could be read")
     if st.malformed:
         st.messages.append(f"{p}: {st.malformed} malformed or half-written line(s) skipped")
+    if ignored:
+        st.messages.append(f"{p}: {ignored} non-JSON line(s) ignored (other output around the trace lines)")
     if m["unknown_events"]:
         st.messages.append(f"{p}: {m['unknown_events']} line(s) of unknown events ignored")
     return st

@@ -84,7 +84,8 @@ def test_unknown_files_and_garbage_trace(tmp_path):
         '{"evt":"mtp_draft","iter":0,"path":"sync","seq_id":0,"id_last":1,"h_idx":-1,"attn_pos":1,"n_steps":2,'
         '"h_l2":1.0,"drafts":[1,2]}\n'
         '{"evt":"mtp_accept","iter":0,"n_accepted":"two","n_drafted_prev":2}\n'
-        "garbage\n"
+        '{"evt":"mtp_dr\n'
+        "stderr noise\n"
         '{"evt":"mystery","x":1}\n'
     )
     rc, text = _report(tmp_path, other, junk, trace)
@@ -93,6 +94,7 @@ def test_unknown_files_and_garbage_trace(tmp_path):
     assert "junk.jsonl: not a results file" in text
     assert "bad.ndjson: 2 malformed or half-written line(s) skipped" in text
     assert "bad.ndjson: 1 line(s) of unknown events ignored" in text
+    assert "bad.ndjson: 1 non-JSON line(s) ignored" in text
     assert "## Trace bad.ndjson" in text
 
 

@@ -285,3 +285,13 @@ def test_thin_keeps_ends():
     xs = [float(i) for i in range(10)]
     tx, ty = tracestats.thin(xs, xs, 4)
     assert tx[0] == 0.0 and tx[-1] == 9.0 and len(tx) <= 5 and tx == ty
+
+
+def test_fork_trace_inside_stderr_noise(tmp_path):
+    path = tmp_path / "stderr.log"
+    noise = "llama_model_loader: loaded meta data\nmain: n_ctx = 4096\n"
+    path.write_text(noise + C.FORK_LINES + "llama_perf_context_print: total time = 1.0 ms\n")
+    inputs = load.load([path])
+    (t,) = inputs.traces
+    assert t.summary.rounds == 3 and t.summary.malformed == 0
+    assert any("3 non-JSON line(s) ignored" in m for m in inputs.messages)

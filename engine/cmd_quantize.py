@@ -54,34 +54,35 @@ class _RichProgress:
 
         self.console = Console(stderr=True)
         self.bar = Progress(
-            TextColumn("[bold]{task.fields[tensor]:<28}"),
-            BarColumn(),
+            TextColumn("{task.fields[i]:>7}"),
+            TextColumn("[bold]{task.fields[tensor]}"),
+            BarColumn(bar_width=20),
             TextColumn("{task.percentage:>5.1f}%"),
-            TextColumn("{task.fields[mw]:>8} Mw"),
-            TextColumn("tensor {task.fields[i]}"),
+            TextColumn("{task.fields[mw]} Mw"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=self.console,
-            transient=False,
         )
         self.task = None
         self.i = 0
         self.n = 0
         self.done = 0
+        self.total = "0"
 
     def start(self, total_weights: int, n_tensors: int) -> None:
         self.n = n_tensors
         self.bar.start()
-        self.task = self.bar.add_task("quantize", total=max(1, total_weights), tensor="", mw="0.0", i="")
+        self.total = f"{total_weights / 1e6:.1f}"
+        self.task = self.bar.add_task("quantize", total=max(1, total_weights), tensor=" " * 24, mw="", i="")
 
     def tensor(self, name: str, converting: bool) -> None:
         self.i += 1
         label = name if converting else f"{name} (copy)"
-        self.bar.update(self.task, tensor=label[:28], i=f"{self.i}/{self.n}")
+        self.bar.update(self.task, tensor=f"{label[:24]:<24}", i=f"{self.i}/{self.n}")
 
     def advance(self, n_weights: int) -> None:
         self.done += n_weights
-        self.bar.update(self.task, advance=n_weights, mw=f"{self.done / 1e6:.1f}")
+        self.bar.update(self.task, advance=n_weights, mw=f"{self.done / 1e6:.1f}/{self.total}")
 
     def stop(self) -> None:
         if self.task is not None:
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         prog.stop()
     kept = ", ".join(f"{n} {why}" for why, n in sorted(res.kept.items())) or "none"
     ratio = res.converted_bytes_after / res.converted_bytes_before if res.converted_bytes_before else 1.0
-    prog.console.print(
+    print(
         f"wrote {res.dst} ({res.bytes_out / 1e6:.1f} MB, input {res.bytes_in / 1e6:.1f} MB): "
         f"{res.n_converted} tensors / {res.weights_converted / 1e6:.1f}M weights converted to {args.type.upper()} "
         f"({ratio:.2f}x their source bytes) in {res.seconds:.1f}s; kept: {kept}"

@@ -117,3 +117,11 @@ def synth_lines(
                "draft_acceptance_rate": n_acc_total / n_dr_total if n_dr_total else None,
                "tau": 1 + n_acc_total / rounds}
         yield from emit(orjson.dumps(end).decode()[:-1] + tail({}))
+
+
+def write_trace(path: object, n_rounds: int = 300, **kw: object) -> list[str]:
+    """Write a synthetic trace file (one run) and return its lines."""
+    lines = list(synth_lines(n_rounds, **kw))  # type: ignore[arg-type]
+    with open(path, "w", encoding="utf-8") as f:  # type: ignore[call-overload]
+        f.write("\n".join(lines) + "\n")
+    return lines

@@ -1321,3 +1321,31 @@ class Tailer:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def merge_aggregators(aggs: list[Aggregator]) -> Aggregator:
+    """Whole-run totals of several traces (counters summed; header/end/buckets of the last one)."""
+    out = Aggregator()
+    for a in aggs:
+        for name in (
+            "lines", "malformed_lines", "ignored_lines", "unknown_events", "rounds", "n_accepted", "n_drafted",
+            "skip_rounds", "draft_lines", "unpaired_accepts", "draft_len_mismatch", "n_prompt", "prefill_us",
+            "n_gen", "decode_us", "timed_tokens", "arrival_decode_s", "arrival_tokens", "h_l2_n", "h_l2_sum",
+            "draft_us_sum", "draft_us_n", "verify_us_sum", "verify_us_n", "runs",
+        ):
+            setattr(out, name, getattr(out, name) + getattr(a, name))
+        for src, dst in ((a.events, out.events), (a.paths, out.paths), (a.pair_counts, out.pair_counts)):
+            for k, v in src.items():
+                dst[k] = dst.get(k, 0) + v
+        for k, v in a.path_stats.items():
+            ps = out.path_stats.setdefault(k, [0, 0, 0])
+            for i in range(3):
+                ps[i] += v[i]
+        for name, pick in (("h_l2_min", min), ("h_l2_max", max)):
+            vals = [x for x in (getattr(out, name), getattr(a, name)) if x is not None]
+            setattr(out, name, pick(vals) if vals else None)
+        out.h_l2_last = a.h_l2_last if a.h_l2_last is not None else out.h_l2_last
+        out.clocked = out.clocked or a.clocked
+        out.header, out.end = a.header or out.header, a.end or out.end
+        out.last_block_size = a.last_block_size or out.last_block_size
+    return out

@@ -173,3 +173,20 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         _run(src, dst, type_name="tq4_1s")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.gguf"]
+
+
+def test_container_is_readable_by_gguf_py_when_nothing_is_converted(tmp_path):
+    # gguf-py's reader refuses ids 45/46, so check the writer's container on a run that keeps all
+    from gguf import GGUFReader
+
+    src, dst = tmp_path / "in.gguf", tmp_path / "out.gguf"
+    _tiny_model(src)
+    res = _run(src, dst, type_name="tq3_1s", keep=["*"])
+    assert res.n_converted == 0
+    a, b = GGUFReader(src), GGUFReader(dst)
+    assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
+    for ta, tb in zip(a.tensors, b.tensors, strict=True):
+        assert ta.tensor_type == tb.tensor_type and list(ta.shape) == list(tb.shape)
+        assert np.array_equal(np.asarray(ta.data), np.asarray(tb.data)), ta.name
+    assert b.fields["turbospec.quantize.type"].contents() == "TQ3_1S"
+    assert b.fields["tokenizer.ggml.tokens"].contents() == a.fields["tokenizer.ggml.tokens"].contents()

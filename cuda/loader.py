@@ -49,9 +49,19 @@ WEIGHT_KERNEL_TYPES = ("q8_0", "q5_0", "q4_k", "q6_k", "f16", "f32")
 for _t in WEIGHT_KERNEL_TYPES:
     KERNELS[f"matvec_{_t}"] = KernelSpec("matvec.cu", "pppii")
     KERNELS[f"matmul_{_t}"] = KernelSpec("matvec.cu", "pppiii")
+    KERNELS[f"matvec_rows_{_t}"] = KernelSpec("matvec.cu", "ppppii")
 KERNELS["kv_append"] = KernelSpec("kv.cu", "pppiiii")
 KERNELS["attn_decode"] = KernelSpec("attn.cu", "pppppiiiiiiif")
 KERNELS["attn_reduce"] = KernelSpec("attn.cu", "pppiii")
+KERNELS.update({
+    "argmax_partial": KernelSpec("sample.cu", "pipp"),
+    "argmax_final": KernelSpec("sample.cu", "ppipp"),
+    "softmax": KernelSpec("sample.cu", "ppif"),
+    "topk": KernelSpec("sample.cu", "piipp"),
+    "gather_cluster_ids": KernelSpec("sample.cu", "ppiip"),
+    "fill_f32": KernelSpec("sample.cu", "pif"),
+    "scatter_f32": KernelSpec("sample.cu", "ppip"),
+})
 MATMUL_NB = 8  # tokens per weight pass in matmul_* (TS_NB in matvec.cu)
 
 
@@ -195,6 +205,28 @@ def geglu(gate: Any, up: Any, out: Any = None) -> Any:
 
 
 # ------------------------------------------------------------------ ops: quantized matvec / matmul
+def _check_weight(wtype: str, k: int) -> None:
+    if wtype not in WEIGHT_KERNEL_TYPES:
+        raise ValueError(f"no CUDA matvec for weight type {wtype!r}; have {', '.join(WEIGHT_KERNEL_TYPES)}")
+    qk = 256 if wtype in ("q4_k", "q6_k") else 32
+    if k % qk:
+        raise ValueError(f"{wtype}: K={k} is not a multiple of {qk}")
+
+
+def matvec_rows(w: Any, wtype: str, ids: Any, x: Any, out: Any = None) -> Any:
+    """y[i] = W[ids[i]] . x (gathered rows of a raw GGML weight). Reference: reference.matvec_rows."""
+    x = _f32(x)
+    k = x.shape[-1]
+    _check_weight(wtype, k)
+    xp = _xp(x)
+    ids = xp.ascontiguousarray(ids, dtype=xp.int32)
+    n = ids.size
+    out = xp.empty((n,), xp.float32) if out is None else out
+    if n:
+        launch(f"matvec_rows_{wtype}", ((n + 3) // 4,), (128,), (w, ids, x, out, n, k))
+    return out
+
+
 def matvec(w: Any, wtype: str, x: Any, rows: int, out: Any = None) -> Any:
     """y[rows] = W x for a raw GGML weight ``w`` (uint8 bytes of [rows, K]), x [K] f32.
     Reference: reference.matmul. K must be a multiple of the type's block (32 or 256)."""
@@ -203,13 +235,9 @@ def matvec(w: Any, wtype: str, x: Any, rows: int, out: Any = None) -> Any:
 
 def matmul(w: Any, wtype: str, x: Any, rows: int, out: Any = None) -> Any:
     """Y[T, rows] = X W^T for X [T, K] (or [K] -> matvec kernel). Reference: reference.matmul."""
-    if wtype not in WEIGHT_KERNEL_TYPES:
-        raise ValueError(f"no CUDA matvec for weight type {wtype!r}; have {', '.join(WEIGHT_KERNEL_TYPES)}")
     x = _f32(x)
     k = x.shape[-1]
-    qk = 256 if wtype in ("q4_k", "q6_k") else 32
-    if k % qk:
-        raise ValueError(f"{wtype}: K={k} is not a multiple of {qk}")
+    _check_weight(wtype, k)
     xp = _xp(x)
     if x.ndim == 1:
         out = xp.empty((rows,), xp.float32) if out is None else out
@@ -281,3 +309,73 @@ def attn_decode(q: Any, kc: Any, vc: Any, ktype: str, vtype: str, kv_start: int,
             chunk, float(scale)))
     launch("attn_reduce", (nq,), (ATT_D,), (o_part, ml_part, out, n_split, nq, KV_TYPE_ID[vtype]))
     return out
+
+
+# ------------------------------------------------------------------ ops: sampling and the routed head
+ARGMAX_BLOCKS = 264  # 2 x the SMs of an H100/H200; any count is correct
+
+
+def argmax(x: Any, ids: Any = None, out: Any = None, blocks: int = ARGMAX_BLOCKS) -> Any:
+    """Index of the largest finite-or-inf entry of x (first on ties; NaN never wins) as an int32[1]
+    array on x's device — only this id needs to reach the host. With ``ids``: ids[index].
+    Reference: reference.argmax."""
+    x = _f32(x).reshape(-1)
+    xp = _xp(x)
+    n = x.size
+    g = max(1, min(blocks, -(-n // 256)))
+    pv = xp.empty((g,), xp.float32)
+    pi = xp.empty((g,), xp.int32)
+    out = xp.empty((1,), xp.int32) if out is None else out
+    launch("argmax_partial", (g,), (256,), (x, n, pv, pi))
+    launch("argmax_final", (1,), (256,), (pv, pi, g, None if ids is None else xp.ascontiguousarray(ids, xp.int32),
+                                         out))
+    return out
+
+
+def softmax(x: Any, temperature: float = 1.0, out: Any = None, threads: int = 1024) -> Any:
+    """Row-wise softmax(x / temperature) over the last axis. Reference: reference.softmax."""
+    x = _f32(x)
+    n = x.shape[-1]
+    out = _xp(x).empty_like(x) if out is None else out
+    launch("softmax", (x.size // n,), (threads,), (x, out, n, 1.0 / float(temperature)))
+    return out
+
+
+def topk(x: Any, k: int, threads: int = 256) -> tuple[Any, Any]:
+    """(indices int32[k], values f32[k]) of the k largest entries, descending, ties to the lower index.
+    Reference: reference.topk."""
+    x = _f32(x).reshape(-1)
+    xp = _xp(x)
+    n = x.size
+    if not 0 < k <= n:
+        raise ValueError(f"topk: k={k} must be in 1..{n}")
+    idx = xp.empty((k,), xp.int32)
+    val = xp.empty((k,), xp.float32)
+    launch("topk", (1,), (threads,), (x, n, k, idx, val), shared_mem=n)
+    return idx, val
+
+
+def routed_head(h: Any, centroids: Any, ctype: str, n_centroids: int, token_ordering: Any, emb: Any, etype: str,
+                top_k: int, full_row: bool = False) -> tuple[Any, Any]:
+    """Centroid-routed LM head (DESIGN.md, MTP assistant): centroid logits = C h; top_k clusters;
+    their token ids from token_ordering [n_centroids, n_vocab / n_centroids]; score only those
+    with the tied embedding rows; greedy id = the best of them.
+    Returns (token id int32[1], full logits row filled with -1e30 outside the candidates or None).
+    Reference: reference.routed_head."""
+    h = _f32(h)
+    xp = _xp(h)
+    n_vocab = token_ordering.size
+    per = n_vocab // n_centroids
+    clogits = matvec(centroids, ctype, h, n_centroids)
+    clusters, _ = topk(clogits, top_k)
+    ids = xp.empty((top_k * per,), xp.int32)
+    launch("gather_cluster_ids", (max(1, min(1024, -(-top_k * per // 256))),), (256,),
+           (clusters, xp.ascontiguousarray(token_ordering, xp.int32), per, top_k, ids))
+    vals = matvec_rows(emb, etype, ids, h)
+    tok = argmax(vals, ids=ids)
+    row = None
+    if full_row:
+        row = xp.empty((n_vocab,), xp.float32)
+        launch("fill_f32", (max(1, min(1024, -(-n_vocab // 256))),), (256,), (row, n_vocab, -1e30))
+        launch("scatter_f32", (max(1, min(1024, -(-ids.size // 256))),), (256,), (ids, vals, ids.size, row))
+    return tok, row

@@ -1,5 +1,6 @@
-// matvec.cu — y = W x over GGML-quantized weights, dequantized in registers, and a small batched
-// matmul for prefill (Y[t] = W X[t], up to 8 tokens per weight pass).
+// matvec.cu — y = W x over GGML-quantized weights, dequantized in registers, a small batched
+// matmul for prefill (Y[t] = W X[t], up to 8 tokens per weight pass), and a gathered matvec
+// (y[i] = W[ids[i]] x: the centroid-routed head scores only the tokens of the chosen clusters).
 //
 // Layout: W is row-major [rows, K] in GGML blocks (row r at r * row_bytes); x is [T, K] f32;
 // y is [T, rows] f32. One warp per output row; each lane dequantizes 8-value chunks
@@ -28,13 +29,15 @@ __device__ __forceinline__ void deq8(const u8* row, int c, float* y) {
 }
 
 template <int TYPE, int NB>
-__device__ __forceinline__ void mm_body(const u8* __restrict__ W, const float* __restrict__ x,
-                                        float* __restrict__ y, int rows, int K, int T) {
+__device__ __forceinline__ void mm_body(const u8* __restrict__ W, const int* __restrict__ ids,
+                                        const float* __restrict__ x, float* __restrict__ y, int rows, int K,
+                                        int T) {
   const int lane = threadIdx.x & 31;
   const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   const int t0 = blockIdx.y * NB;
   if (r >= rows) return;  // whole warps leave together: no block barrier below
-  const u8* row = W + (long long)r * row_bytes_w(TYPE, K);
+  const long long wr = ids != nullptr ? (long long)ids[r] : (long long)r;  // gathered rows
+  const u8* row = W + wr * row_bytes_w(TYPE, K);
   const int nch = K >> 3;
   float acc[NB];
 #pragma unroll
@@ -63,11 +66,15 @@ __device__ __forceinline__ void mm_body(const u8* __restrict__ W, const float* _
 #define TS_MATVEC(NAME, TYPE)                                                                    \
   extern "C" __global__ void __launch_bounds__(128)                                              \
   matvec_##NAME(const u8* W, const float* x, float* y, int rows, int K) {                        \
-    mm_body<TYPE, 1>(W, x, y, rows, K, 1);                                                       \
+    mm_body<TYPE, 1>(W, nullptr, x, y, rows, K, 1);                                              \
+  }                                                                                              \
+  extern "C" __global__ void __launch_bounds__(128)                                              \
+  matvec_rows_##NAME(const u8* W, const int* ids, const float* x, float* y, int n, int K) {      \
+    mm_body<TYPE, 1>(W, ids, x, y, n, K, 1);                                                     \
   }                                                                                              \
   extern "C" __global__ void __launch_bounds__(128)                                              \
   matmul_##NAME(const u8* W, const float* x, float* y, int rows, int K, int T) {                 \
-    mm_body<TYPE, TS_NB>(W, x, y, rows, K, T);                                                   \
+    mm_body<TYPE, TS_NB>(W, nullptr, x, y, rows, K, T);                                                   \
   }
 
 TS_MATVEC(q8_0, TS_Q8_0)

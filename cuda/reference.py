@@ -113,6 +113,12 @@ def matmul(w: np.ndarray, wtype: str, x: np.ndarray, rows: int) -> np.ndarray:
     return (x.astype(np.float64) @ wd.T).astype(np.float32)
 
 
+def matvec_rows(w: np.ndarray, wtype: str, ids: np.ndarray, x: np.ndarray, rows: int) -> np.ndarray:
+    k = x.shape[-1]
+    wd = dequant_rows(w, wtype, rows, k).astype(np.float64)
+    return (wd[np.asarray(ids)] @ x.astype(np.float64)).astype(np.float32)
+
+
 def random_weight(rng: np.random.Generator, wtype: str, rows: int, k: int) -> np.ndarray:
     """Random raw GGML bytes for [rows, k] with finite f16 scales (any bit pattern of the quants)."""
     qk, bs = WEIGHT_TYPES[wtype]
@@ -318,3 +324,37 @@ def attn_decode(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, ktype: str, vtype
             o = p @ v / p.sum()
             out[hk * g + j] = unrotate(o.astype(np.float32)) if vtype.startswith("turbo") else o
     return out.astype(np.float32)
+
+
+# ------------------------------------------------------------------ sampling and the routed head
+def argmax(x: np.ndarray) -> int:
+    """First index of the maximum, NaN ignored (NumPy's nanargmax on a row with a number)."""
+    return int(np.nanargmax(np.asarray(x, np.float32).reshape(-1)))
+
+
+def softmax(x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(x, np.float64) / temperature
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x, np.float32).reshape(-1)
+    idx = np.argsort(-x, kind="stable")[:k]
+    return idx.astype(np.int32), x[idx]
+
+
+def routed_head(h: np.ndarray, centroids: np.ndarray, ctype: str, n_centroids: int, token_ordering: np.ndarray,
+                emb: np.ndarray, etype: str, top_k: int) -> tuple[int, np.ndarray]:
+    """(greedy token id, full logits row with -1e30 outside the scored clusters)."""
+    n_vocab = token_ordering.size
+    per = n_vocab // n_centroids
+    k = h.shape[-1]
+    clog = matmul(centroids, ctype, h, n_centroids)
+    clusters, _ = topk(clog, top_k)
+    ids = np.asarray(token_ordering).reshape(n_centroids, per)[clusters].reshape(-1)
+    vals = matvec_rows(emb, etype, ids, h, n_vocab)
+    row = np.full(n_vocab, -1e30, np.float32)
+    row[ids] = vals
+    del k
+    return int(ids[int(np.argmax(vals))]), row

@@ -169,12 +169,12 @@ def make_tokens() -> None:
     })
 
 
-def _greedy_llm(n_ctx: int):
+def _greedy_llm(n_ctx: int, n_threads: int = N_THREADS):
     import llama_cpp
 
     return llama_cpp.Llama(
-        _model_path(), n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=N_THREADS,
-        n_threads_batch=N_THREADS, seed=0, verbose=False,
+        _model_path(), n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=n_threads,
+        n_threads_batch=n_threads, seed=0, verbose=False,
     )
 
 
@@ -308,9 +308,9 @@ def make_ppl() -> None:
     })
 
 
-def bench(reps: int = 3) -> None:
+def bench(reps: int = 3, n_threads: int = N_THREADS) -> None:
     """llama.cpp decode tok/s (128 greedy tokens after a short prompt) and prefill tok/s (512 tokens)."""
-    llm = _greedy_llm(1024)
+    llm = _greedy_llm(1024, n_threads)
     prompt = llm.tokenize(GREEDY_PROMPT.encode(), add_bos=True, special=True)
     text = PPL_SOURCE.read_text() if not PPL_TEXT.exists() else PPL_TEXT.read_text()
     long = llm.tokenize(text.encode(), add_bos=True, special=False)[:512]
@@ -333,7 +333,9 @@ def bench(reps: int = 3) -> None:
             dec.append(d)
             pre.append(p)
     load = os.getloadavg()
-    print(f"llama.cpp (llama-cpp-python, n_threads={N_THREADS}, n_batch=512, {reps} reps after warm-up)")
+    print(f"llama.cpp (llama-cpp-python, n_threads={n_threads}, n_batch=512, {reps} reps after warm-up)")
+    print("decode per rep:  " + " ".join(f"{x:.1f}" for x in dec))
+    print("prefill per rep: " + " ".join(f"{x:.1f}" for x in pre))
     print(f"decode  {statistics.mean(dec):7.1f} ± {statistics.stdev(dec):.1f} tok/s (128 tokens, greedy)")
     print(f"prefill {statistics.mean(pre):7.1f} ± {statistics.stdev(pre):.1f} tok/s (512-token prompt)")
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
@@ -343,6 +345,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["tokens", "greedy", "ppl"], action="append", help="fixtures to make")
     ap.add_argument("--bench", action="store_true", help="print llama.cpp decode/prefill speed and exit")
+    ap.add_argument("--threads", type=int, default=N_THREADS, help="threads for --bench (default 2)")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions for --bench after one warm-up")
     args = ap.parse_args()
     try:
         import llama_cpp  # noqa: F401
@@ -351,7 +355,7 @@ def main() -> int:
         return 2
     _quiet_logs()
     if args.bench:
-        bench()
+        bench(args.reps, args.threads)
         return 0
     todo = args.only or ["tokens", "greedy", "ppl"]
     for name in todo:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from turbospec.engine.tokenizer import (
     ATTR_CONTROL,
     ATTR_USER_DEFINED,
@@ -23,7 +24,6 @@ from turbospec.engine.tokenizer import (
     Tokenizer,
     read_gguf_tokenizer_kv,
 )
-
 from turbospec.errors import UserError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

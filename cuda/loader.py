@@ -26,6 +26,7 @@ CUDA_DIR = Path(__file__).resolve().parent
 # tests/cuda/test_compile.py compiles every source with.
 OPTIONS: tuple[str, ...] = ("--std=c++17",)
 CUPY_ADDED_OPTIONS: tuple[str, ...] = ("-ftz=true",)
+MAX_GRID_YZ = 65535  # CUDA's limit on gridDim.y and gridDim.z
 
 
 def nvrtc_options(arch: int) -> tuple[str, ...]:
@@ -259,15 +260,19 @@ def kv_append(x: Any, cache: Any, kvtype: str, pos0: int, eq: Any = None) -> Non
     ``eq``: optional [D] K equalization scales (x * eq is stored). Reference: reference.kv_encode."""
     x = _f32(x)
     n_tok, n_heads, d = x.shape
+    if n_heads > MAX_GRID_YZ:
+        raise ValueError(f"kv_append: at most {MAX_GRID_YZ} heads")
     if kvtype not in KV_TYPE_ID:
         raise ValueError(f"unknown cache type {kvtype!r}; have {', '.join(KV_TYPE_ID)}")
     if d % 128:
         raise ValueError(f"head_dim {d} is not a multiple of 128 (zero-pad it)")
     if pos0 + n_tok > cache.shape[0]:
         raise ValueError(f"cache has {cache.shape[0]} cells, appending {n_tok} at {pos0}")
-    if n_tok:
-        launch("kv_append", (d // 128, n_heads, n_tok), (128,),
-               (x, None if eq is None else _f32(eq), cache, KV_TYPE_ID[kvtype], pos0, n_heads, d))
+    eqa = None if eq is None else _f32(eq)
+    for t0 in range(0, n_tok, MAX_GRID_YZ):  # gridDim.z is at most 65535
+        xs = x[t0:t0 + MAX_GRID_YZ]
+        launch("kv_append", (d // 128, n_heads, xs.shape[0]), (128,),
+               (xs, eqa, cache, KV_TYPE_ID[kvtype], pos0 + t0, n_heads, d))
 
 
 ATT_D = 256

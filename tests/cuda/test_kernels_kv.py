@@ -124,3 +124,12 @@ def test_attn_decode_rejects_other_head_dims():
     with pytest.raises(ValueError, match="head_dim 256"):
         loader.attn_decode(np.zeros((4, 128), np.float32), np.zeros((1, 1, 256), np.uint8),
                            np.zeros((1, 1, 256), np.uint8), "f16", "f16", 0, 1, 1.0)
+
+
+def test_kv_append_splits_long_prefill(monkeypatch):
+    """Prefill longer than CUDA's gridDim.z limit is appended in several launches."""
+    monkeypatch.setattr(loader, "MAX_GRID_YZ", 2)
+    x = rng.standard_normal((5, 1, D)).astype(np.float32)
+    cache = append(x, "turbo3", 7, 1)
+    assert (cache[0] == 0xFF).all() and (cache[6] == 0xFF).all()
+    np.testing.assert_array_equal(cache[1:6].reshape(5, -1), R.kv_encode(x.reshape(5, D), "turbo3"))

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from turbospec.engine.kv.cache import KVCache, KVConfig
 from turbospec.engine.sampling import Sampler, SamplingConfig
-
 from turbospec.errors import UserError
 
 UBATCH = 512  # prompt tokens per forward during prefill (llama.cpp's default n_ubatch)
@@ -115,8 +115,17 @@ def generate(
     on_token: Callable[[int], None] | None = None,
     trace=None,
     should_stop: Callable[[], bool] | None = None,
+    drafter=None,
+    spec=None,
 ) -> GenResult:
-    """Plain (non-speculative) generation. ``trace`` is a turbospec.trace writer or None."""
+    """Generation. ``trace`` is a turbospec.trace writer or None. With ``drafter`` (an
+    engine.spec Drafter) and ``spec`` (engine.spec.loop.SpecConfig) it is speculative
+    (engine.spec.loop.generate_spec); otherwise plain, one ``Session.step([last])`` per token."""
+    if drafter is not None:
+        from turbospec.engine.spec.loop import SpecConfig, generate_spec
+
+        return generate_spec(model, tok, prompt_ids, cfg, drafter, spec or SpecConfig(), on_token=on_token,
+                             trace=trace, should_stop=should_stop)
     if not prompt_ids:
         raise UserError("the prompt is empty; pass text with -p or a file with -f")
     sess = Session(model, cfg.kv, cfg.n_ctx)

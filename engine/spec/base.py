@@ -24,6 +24,12 @@ state) plus, optionally, :meth:`begin`, :meth:`accept` and :meth:`close`. The ba
 :meth:`prepare_next` (pipeline depth 2); :meth:`cancel` drains the one request in flight. The
 loop never calls the target model while a request is in flight.
 
+How ``turbospec run --spec mtp`` builds it (engine/cmd_run.py)::
+
+    from turbospec.engine.spec.mtp import MTPDrafter
+    drafter = MTPDrafter.load(args.mtp_head, model, tok)   # head path or None (= the shipped
+                                                           # assistant); raises UserError on a bad file
+
 Writing a drafter (e.g. ``engine/spec/mtp.py``)::
 
     class MTPDrafter(Drafter):
@@ -261,6 +267,10 @@ class SkipStreak:
         self.threshold = threshold
         self.count = 0
         self.after_skip = False
+
+    def would_skip(self) -> bool:
+        """Whether the next drafting round will be skipped (no state change)."""
+        return self.threshold > 0 and self.count >= self.threshold
 
     def should_skip(self) -> bool:
         """Asked when a round is about to draft; True = skip it (and reset the count)."""

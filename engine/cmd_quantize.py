@@ -90,6 +90,7 @@ class _RichProgress:
 
 
 def run(args: argparse.Namespace) -> int:
+    import signal
     from pathlib import Path
 
     from turbospec.engine.quant.convert import QuantizeConfig, quantize_gguf
@@ -103,11 +104,17 @@ def run(args: argparse.Namespace) -> int:
         embedding=args.quantize_embedding,
         force=args.force,
     )
+
+    def _terminated(signum, frame):  # SIGTERM unwinds like Ctrl-C: the temporary file is removed
+        raise KeyboardInterrupt
+
+    old_handler = signal.signal(signal.SIGTERM, _terminated)
     prog = _RichProgress()
     try:
         res = quantize_gguf(cfg, prog)
     finally:
         prog.stop()
+        signal.signal(signal.SIGTERM, old_handler)
     kept = ", ".join(f"{n} {why}" for why, n in sorted(res.kept.items())) or "none"
     ratio = res.converted_bytes_after / res.converted_bytes_before if res.converted_bytes_before else 1.0
     print(

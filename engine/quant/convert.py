@@ -150,6 +150,9 @@ def quantize_gguf(cfg: QuantizeConfig, progress: Progress | None = None) -> Quan
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, cfg.dst)
+        except OSError as e:  # disk full, permissions, a vanished directory
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"writing {cfg.dst} failed ({e.strerror or e}); check free space and permissions") from e
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

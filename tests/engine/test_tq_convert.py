@@ -190,3 +190,18 @@ def test_container_is_readable_by_gguf_py_when_nothing_is_converted(tmp_path):
         assert np.array_equal(np.asarray(ta.data), np.asarray(tb.data)), ta.name
     assert b.fields["turbospec.quantize.type"].contents() == "TQ3_1S"
     assert b.fields["tokenizer.ggml.tokens"].contents() == a.fields["tokenizer.ggml.tokens"].contents()
+
+
+def test_write_failure_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    src, dst = tmp_path / "in.gguf", tmp_path / "out.gguf"
+    _tiny_model(src)
+
+    def full(self, chunk):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(convert.GGUFStreamWriter, "write_data", full)
+    with pytest.raises(UserError, match="No space left on device.*free space"):
+        _run(src, dst, type_name="tq4_1s")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.gguf"]

@@ -7,29 +7,35 @@
 #define ATT_GMAX 4
 #define ATT_WARPS 4
 
-// q: [n_kv_heads * G, 256] f32, un-rotated (and already divided by the K equalization scales,
-// if any); kc / vc: caches [n_ctx, n_kv_heads, row_bytes]; cells kv_start <= t < kv_end are
-// attended (the sliding window is the caller's kv_start). Split s covers
-// [kv_start + s * chunk, kv_start + (s + 1) * chunk).
+// q: [T, n_kv_heads * G, 256] f32, un-rotated (and already divided by the K equalization
+// scales, if any); kc / vc: caches [n_ctx, n_kv_heads, row_bytes]. Query t (blockIdx.z) attends
+// cells [start_t, kv_end + t) with start_t = kv_start, or max(kv_start, kv_end + t - window) when
+// window > 0 (causal prefill of T tokens whose K/V are already appended; decode is T = 1).
+// Split s covers cells [kv_start + s * chunk, kv_start + (s + 1) * chunk) of every query.
 // For turbo K, Q is rotated in shared memory first (<Rq, Rk> = <q, k>); V stays in its domain
 // (turbo V: the output is rotated back by attn_reduce).
-// Out: o_part [n_split, n_q_heads, 256] un-normalised sums, ml_part [n_split, n_q_heads, 2]
+// Out: o_part [n_split, T, n_q_heads, 256] un-normalised sums, ml_part [n_split, T, n_q_heads, 2]
 // (running max, sum of exp) per split.
-// grid = (n_split, n_kv_heads), block = 128 (4 warps; a warp owns one cell at a time, a lane
-// 8 of the 256 dims, all G Q heads at once so each K/V row is read once).
+// grid = (n_split, n_kv_heads, T), block = 128 (4 warps; a warp owns one cell at a time, a lane
+// 8 of the 256 dims, all G Q heads at once so each K/V row is read once per query).
 // Napkin per layer and token of context: K + V row bytes (f16 1024, q8_0 544, q4_0 288,
-// turbo4 272, turbo3 200, turbo2 136) and 4 x 2 x 2 x 256 = 4 kFLOP: bandwidth-bound; a 32k
-// turbo3 context is 6.4 MB per layer = ~1.3 us at 4.8 TB/s if the splits fill the GPU.
+// turbo4 272, turbo3 200, turbo2 136) and 4 x 2 x 2 x 256 = 4 kFLOP: decode is bandwidth-bound;
+// a 32k turbo3 context is 6.4 MB per layer = ~1.3 us at 4.8 TB/s if the splits fill the GPU.
+// Prefill of T tokens re-reads the (L2-resident) rows per query: T^2/2 x 4 kFLOP on CUDA cores
+// (512 tokens: ~0.5 GFLOP per layer) — a tensor-core tile kernel is the upgrade path.
 extern "C" __global__ void __launch_bounds__(128)
 attn_decode(const float* __restrict__ q, const u8* __restrict__ kc, const u8* __restrict__ vc,
             float* __restrict__ o_part, float* __restrict__ ml_part, int ktype, int vtype, int n_kv_heads,
-            int G, int kv_start, int kv_end, int chunk, float scale) {
+            int G, int kv_start, int kv_end, int chunk, float scale, int window) {
   __shared__ float sq[ATT_GMAX * ATT_D];
   __shared__ float sacc[ATT_WARPS][ATT_GMAX][ATT_D];
   __shared__ float sml[ATT_WARPS][ATT_GMAX][2];
-  const int split = blockIdx.x, hk = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int split = blockIdx.x, hk = blockIdx.y, qt = blockIdx.z, nqt = gridDim.z;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int nq = n_kv_heads * G;
-  for (int i = tid; i < G * ATT_D; i += blockDim.x) sq[i] = q[(long long)hk * G * ATT_D + i];
+  const int q_end = kv_end + qt;
+  const int q_start = window > 0 ? max(kv_start, q_end - window) : kv_start;
+  for (int i = tid; i < G * ATT_D; i += blockDim.x) sq[i] = q[((long long)qt * nq + hk * G) * ATT_D + i];
   __syncthreads();
   if (kv_is_turbo(ktype)) tb_rotate_shared(sq, G * (ATT_D / 128), false);
 
@@ -45,8 +51,8 @@ attn_decode(const float* __restrict__ q, const u8* __restrict__ kc, const u8* __
     }
   }
   const long long krb = kv_row_bytes(ktype, ATT_D), vrb = kv_row_bytes(vtype, ATT_D);
-  const int t0 = kv_start + split * chunk;
-  const int t1 = min(t0 + chunk, kv_end);
+  const int t0 = max(kv_start + split * chunk, q_start);
+  const int t1 = min(kv_start + (split + 1) * chunk, q_end);
   for (int t = t0 + warp; t < t1; t += ATT_WARPS) {
     const long long cell = (long long)t * n_kv_heads + hk;
     float kv[8], s[ATT_GMAX];
@@ -89,7 +95,7 @@ attn_decode(const float* __restrict__ q, const u8* __restrict__ kc, const u8* __
       L += sml[w][g][1] * e;
       O += sacc[w][g][d] * e;
     }
-    const long long hq = (long long)split * nq + hk * G + g;
+    const long long hq = ((long long)split * nqt + qt) * nq + hk * G + g;
     o_part[hq * ATT_D + d] = O;
     if (d == 0) {
       ml_part[hq * 2] = M;
@@ -98,8 +104,8 @@ attn_decode(const float* __restrict__ q, const u8* __restrict__ kc, const u8* __
   }
 }
 
-// out[h] = sum_s o_s * e^(m_s - M) / sum_s l_s * e^(m_s - M); rotated back for turbo V.
-// grid = n_q_heads, block = 256 (one thread per dim).
+// out[t, h] = sum_s o_s * e^(m_s - M) / sum_s l_s * e^(m_s - M); rotated back for turbo V.
+// n_q_heads here counts T x heads (rows of o_part per split). grid = T * n_q_heads, block = 256.
 // Napkin: n_split x n_q_heads x 1 KiB read — small next to the cache unless n_split is huge.
 extern "C" __global__ void __launch_bounds__(256)
 attn_reduce(const float* __restrict__ o_part, const float* __restrict__ ml_part, float* __restrict__ out,

@@ -52,7 +52,7 @@ for _t in WEIGHT_KERNEL_TYPES:
     KERNELS[f"matmul_{_t}"] = KernelSpec("matvec.cu", "pppiii")
     KERNELS[f"matvec_rows_{_t}"] = KernelSpec("matvec.cu", "ppppii")
 KERNELS["kv_append"] = KernelSpec("kv.cu", "pppiiii")
-KERNELS["attn_decode"] = KernelSpec("attn.cu", "pppppiiiiiiif")
+KERNELS["attn_decode"] = KernelSpec("attn.cu", "pppppiiiiiiifi")
 KERNELS["attn_reduce"] = KernelSpec("attn.cu", "pppiii")
 KERNELS.update({
     "argmax_partial": KernelSpec("sample.cu", "pipp"),
@@ -289,30 +289,39 @@ def attn_split(n_cells: int, max_split: int = 64, min_chunk: int = 64) -> tuple[
 
 
 def attn_decode(q: Any, kc: Any, vc: Any, ktype: str, vtype: str, kv_start: int, kv_end: int, scale: float,
-                n_split: int | None = None, out: Any = None) -> Any:
-    """Attention of one token's Q [n_q_heads, 256] over cells [kv_start, kv_end) of K/V caches
-    [n_ctx, n_kv_heads, row_bytes] (uint8). Returns [n_q_heads, 256]. Reference:
-    reference.attn_decode. Two launches: attn_decode over n_split chunks, then attn_reduce."""
+                n_split: int | None = None, out: Any = None, window: int = 0) -> Any:
+    """Attention of Q [n_q_heads, 256] (one token) or [T, n_q_heads, 256] (causal prefill) over
+    K/V caches [n_ctx, n_kv_heads, row_bytes] (uint8). Query t attends cells
+    [max(kv_start, kv_end + t - window) if window else kv_start, kv_end + t): for prefill, append
+    the T tokens' K/V first and pass kv_end = the first query's position + 1.
+    Returns Q's shape. Reference: reference.attn_decode / reference.attn_prefill.
+    Two launches: attn_decode over n_split chunks of the sequence, then attn_reduce."""
     q = _f32(q)
-    nq, d = q.shape
+    single = q.ndim == 2
+    q3 = q.reshape((1,) + q.shape) if single else q
+    t, nq, d = q3.shape
     n_kv = kc.shape[1]
     if d != ATT_D:
         raise ValueError(f"attn_decode supports head_dim {ATT_D}, got {d}")
     if nq % n_kv or nq // n_kv > ATT_GMAX:
         raise ValueError(f"{nq} Q heads over {n_kv} KV heads: need a ratio of at most {ATT_GMAX}")
-    n_cells = kv_end - kv_start
+    if t > MAX_GRID_YZ:
+        raise ValueError(f"attn_decode: at most {MAX_GRID_YZ} queries per launch")
+    if window > 0:  # the first query's window start is the earliest cell any query reads
+        kv_start = max(kv_start, kv_end - window)
+    n_cells = kv_end + t - 1 - kv_start
     if n_split is None:
         n_split, chunk = attn_split(n_cells)
     else:
         chunk = max(1, -(-n_cells // n_split))
     xp = _xp(q)
-    o_part = xp.empty((n_split, nq, d), xp.float32)
-    ml_part = xp.empty((n_split, nq, 2), xp.float32)
-    out = xp.empty((nq, d), xp.float32) if out is None else out
-    launch("attn_decode", (n_split, n_kv), (128,),
-           (q, kc, vc, o_part, ml_part, KV_TYPE_ID[ktype], KV_TYPE_ID[vtype], n_kv, nq // n_kv, kv_start, kv_end,
-            chunk, float(scale)))
-    launch("attn_reduce", (nq,), (ATT_D,), (o_part, ml_part, out, n_split, nq, KV_TYPE_ID[vtype]))
+    o_part = xp.empty((n_split, t, nq, d), xp.float32)
+    ml_part = xp.empty((n_split, t, nq, 2), xp.float32)
+    out = xp.empty(q.shape, xp.float32) if out is None else out
+    launch("attn_decode", (n_split, n_kv, t), (128,),
+           (q3, kc, vc, o_part, ml_part, KV_TYPE_ID[ktype], KV_TYPE_ID[vtype], n_kv, nq // n_kv, kv_start, kv_end,
+            chunk, float(scale), int(window)))
+    launch("attn_reduce", (t * nq,), (ATT_D,), (o_part, ml_part, out, n_split, t * nq, KV_TYPE_ID[vtype]))
     return out
 
 

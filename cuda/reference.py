@@ -358,3 +358,15 @@ def routed_head(h: np.ndarray, centroids: np.ndarray, ctype: str, n_centroids: i
     row[ids] = vals
     del k
     return int(ids[int(np.argmax(vals))]), row
+
+
+def attn_prefill(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, ktype: str, vtype: str, n_kv_heads: int,
+                 kv_start: int, kv_end: int, scale: float, window: int = 0) -> np.ndarray:
+    """Causal attention of T queries q [T, n_q_heads, D]: query t over cells
+    [max(kv_start, kv_end + t - window) if window else kv_start, kv_end + t)."""
+    out = np.empty(q.shape, np.float32)
+    for t in range(q.shape[0]):
+        end = kv_end + t
+        start = max(kv_start, end - window) if window > 0 else kv_start
+        out[t] = attn_decode(q[t], kc, vc, ktype, vtype, n_kv_heads, start, end, scale)
+    return out

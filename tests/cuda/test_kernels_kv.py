@@ -133,3 +133,28 @@ def test_kv_append_splits_long_prefill(monkeypatch):
     cache = append(x, "turbo3", 7, 1)
     assert (cache[0] == 0xFF).all() and (cache[6] == 0xFF).all()
     np.testing.assert_array_equal(cache[1:6].reshape(5, -1), R.kv_encode(x.reshape(5, D), "turbo3"))
+
+
+@pytest.mark.parametrize("ktype,vtype,window", [("f16", "f16", 0), ("turbo3", "turbo3", 6), ("q4_0", "turbo2", 3)])
+def test_attn_prefill_causal(ktype, vtype, window):
+    """T queries at once: query t sees cells up to its own position (and its sliding window)."""
+    n_ctx, heads, g, t = 30, 1, 4, 7
+    k = rng.standard_normal((n_ctx, heads, D)).astype(np.float32)
+    v = rng.standard_normal((n_ctx, heads, D)).astype(np.float32)
+    kc, vc = make_cache(ktype, k), make_cache(vtype, v)
+    q = rng.standard_normal((t, heads * g, D)).astype(np.float32)
+    first = 20  # positions 19..25: kv_end of query 0 is 20
+    out = np.full(q.shape, np.nan, np.float32)
+    loader.attn_decode(q, kc, vc, ktype, vtype, 0, first, 1 / 16, out=out, window=window)
+    exp = R.attn_prefill(q, kc, vc, ktype, vtype, heads, 0, first, 1 / 16, window=window)
+    np.testing.assert_allclose(out, exp, rtol=1e-4, atol=2e-5)
+
+
+def test_attn_decode_window_matches_explicit_start():
+    n_ctx = 100
+    k = rng.standard_normal((n_ctx, 1, D)).astype(np.float32)
+    kc = vc = make_cache("q8_0", k)
+    q = rng.standard_normal((4, D)).astype(np.float32)
+    a = loader.attn_decode(q, kc, vc, "q8_0", "q8_0", 0, n_ctx, 1 / 16, window=10)
+    exp = R.attn_decode(q, kc, vc, "q8_0", "q8_0", 1, n_ctx - 10, n_ctx, 1 / 16)
+    np.testing.assert_allclose(a, exp, rtol=1e-4, atol=2e-5)

@@ -8,7 +8,9 @@ a binary search over 7 or 15 thresholds and a few adds; ~100M weights take tens 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -176,10 +178,18 @@ def scales(blocks: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(blocks[:, :4]).view("<f2").astype(np.float32).reshape(-1, 2)
 
 
-def quantize(x: np.ndarray, type_id: int, progress: Callable[[int], None] | None = None) -> np.ndarray:
+def _n_workers() -> int:
+    return max(1, int(os.environ.get("TURBOSPEC_THREADS", "0") or 0) or (os.cpu_count() or 1))
+
+
+def quantize(
+    x: np.ndarray, type_id: int, progress: Callable[[int], None] | None = None, workers: int = 0
+) -> np.ndarray:
     """float32 [..., n] (n a multiple of 32) -> uint8 [rows, n/32 * block_bytes], rows = prod(...).
 
-    ``progress(k)`` is called after each chunk with the number of weights just done."""
+    Chunks run on ``workers`` threads (0: TURBOSPEC_THREADS or the CPU count; NumPy releases the
+    GIL in the heavy loops); ``progress(k)`` is called from the calling thread after each chunk,
+    in order, with the number of weights just done."""
     sp = spec(type_id)
     x = np.asarray(x, dtype=np.float32)
     n_per_row = x.shape[-1]
@@ -187,12 +197,25 @@ def quantize(x: np.ndarray, type_id: int, progress: Callable[[int], None] | None
         raise ValueError(f"row length {n_per_row} is not a multiple of the block size {QK}")
     flat = x.reshape(-1, QK)
     out = np.empty((flat.shape[0], sp.block_bytes), dtype=np.uint8)
-    with np.errstate(over="ignore", invalid="ignore"):  # huge or non-finite weights: as the reference
-        for s in range(0, flat.shape[0], CHUNK_BLOCKS):
+    starts = range(0, flat.shape[0], CHUNK_BLOCKS)
+
+    def one(s: int) -> int:
+        with np.errstate(over="ignore", invalid="ignore"):  # huge or non-finite weights: as the reference
             blk = flat[s : s + CHUNK_BLOCKS]
             out[s : s + blk.shape[0]] = pack(*_quantize_chunk(blk, type_id), type_id)
+        return blk.size
+
+    nw = min(workers or _n_workers(), len(starts))
+    if nw <= 1:
+        for s in starts:
+            done = one(s)
             if progress is not None:
-                progress(blk.size)
+                progress(done)
+    else:
+        with ThreadPoolExecutor(max_workers=nw, thread_name_prefix="turbospec-tq-quant") as pool:
+            for done in pool.map(one, starts):
+                if progress is not None:
+                    progress(done)
     return out.reshape(-1, n_per_row // QK * sp.block_bytes)
 
 

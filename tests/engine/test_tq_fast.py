@@ -117,3 +117,14 @@ def test_quantize_rejects_ragged_rows_and_reports_progress():
     assert sum(seen) == 192
     with pytest.raises(ValueError):
         tq.dequantize(np.zeros((2, 20), np.uint8), TQ4_1S, (3, 32))
+
+
+def test_threaded_quantize_equals_single_thread(monkeypatch):
+    seed, rng = _fresh()
+    monkeypatch.setattr(tq, "CHUNK_BLOCKS", 7)  # many chunks, a ragged last one
+    x = rng.standard_normal((9, 160)).astype(np.float32)
+    seen: list[int] = []
+    one = tq.quantize(x, TQ4_1S, workers=1)
+    many = tq.quantize(x, TQ4_1S, progress=seen.append, workers=3)
+    np.testing.assert_array_equal(one, many, err_msg=f"seed {seed}")
+    assert sum(seen) == x.size and len(seen) == -(-45 // 7)

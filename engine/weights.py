@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from turbospec.engine.gguf import GGUFFile
 from turbospec.engine.linear import Dense, RowInt16, quantize_rows_int16
-
 from turbospec.errors import UserError
 from turbospec.paths import cache_dir
 
@@ -93,6 +93,15 @@ class WeightStore:
     def _build(self, e: Entry):
         if e.kind == "norm":
             return {"w": np.ascontiguousarray(self.gguf.dequantize(e.sources[0]).reshape(-1), np.float32)}
+        from turbospec.engine.gguf import EXTRA_TYPES
+
+        infos = [self.gguf.info(n) for n in e.sources]
+        tids = {i.type_id for i in infos}
+        if len(tids) == 1 and next(iter(tids)) in EXTRA_TYPES and all(len(i.shape) == 2 for i in infos):
+            # TurboQuant weights stay in their blocks (TQLinear decodes tiles on the fly)
+            raw = np.concatenate([self.gguf.raw(n) for n in e.sources], axis=0)
+            shape = (sum(i.shape[0] for i in infos), infos[0].shape[1])
+            return {"tq": np.ascontiguousarray(raw), "tqmeta": np.array([next(iter(tids)), *shape], np.int64)}
         parts = [self.gguf.dequantize(n) for n in e.sources]
         w = np.ascontiguousarray(np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0], np.float32)
         if self.policy.kind(w.size) == "i16":
@@ -104,7 +113,7 @@ class WeightStore:
         return {f: self.dir / f"{key}.{f}.npy" for f in fields}
 
     def _load_cached(self, key: str) -> dict[str, np.ndarray] | None:
-        for fields in (("w",), ("q", "s")):
+        for fields in (("w",), ("q", "s"), ("tq", "tqmeta")):
             paths = self._paths(key, fields)
             if all(p.exists() for p in paths.values()):
                 try:
@@ -183,8 +192,13 @@ class WeightStore:
     def norm(self, key: str) -> np.ndarray:
         return np.asarray(self.arrays[key]["w"])  # type: ignore[index]
 
-    def linear(self, key: str) -> Dense | RowInt16:
+    def linear(self, key: str):
         a = self.arrays[key]
+        if "tq" in a:  # type: ignore[operator]
+            from turbospec.engine.quant.linear import TQLinear
+
+            tid, n_out, n_in = (int(v) for v in a["tqmeta"])  # type: ignore[index]
+            return TQLinear(np.asarray(a["tq"]), tid, (n_out, n_in))  # type: ignore[index]
         if "q" in a:  # type: ignore[operator]
             return RowInt16(a["q"], a["s"])  # type: ignore[index]
         return Dense(a["w"])  # type: ignore[index]

@@ -6,12 +6,12 @@ import math
 import numpy as np
 import pytest
 from tinymodel import Reference
+
+from turbospec.cli import main
 from turbospec.engine.linear import Dense, RowInt16, quantize_rows_int16
 from turbospec.engine.loader import load_model
 from turbospec.engine.perplexity import perplexity
 from turbospec.engine.sampling import Sampler, SamplingConfig
-
-from turbospec.cli import main
 
 
 def test_row_int16_matches_reference():
@@ -144,3 +144,20 @@ def test_run_json_on_tiny_model(tiny_gguf, capsys):
         want.append(t)
         s_logits, _ = m.forward([t], c)
     assert d["tokens"] == want
+
+
+def test_tq_weights_run_without_float_copy(tiny_gguf, tmp_path):
+    from turbospec.engine.quant.linear import TQLinear
+
+    out = tmp_path / "tq4.gguf"
+    assert main(["quantize", str(tiny_gguf), str(out), "--type", "tq4_1s"]) == 0
+    m = load_model(out, quiet=True)
+    blk = m.blk[0]
+    assert isinstance(blk.attn_qkv, TQLinear) and isinstance(blk.ffn_down, TQLinear)
+    toks = [2, 30, 40, 50, 60, 70]
+    got, _ = m.forward(toks, m.new_cache(), logits_rows="all")
+    for b in m.blk:  # the same weights, dequantized to float32 once
+        for name in ("attn_qkv", "attn_output", "ffn_gate_up", "ffn_down"):
+            setattr(b, name, Dense(getattr(b, name).dequantize()))
+    want, _ = m.forward(toks, m.new_cache(), logits_rows="all")
+    assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < 1e-4

@@ -46,7 +46,8 @@ KERNELS: dict[str, KernelSpec] = {
     "rope_neox": KernelSpec("rope.cu", "ppiiif"),
     "geglu": KernelSpec("act.cu", "pppi"),
 }
-WEIGHT_KERNEL_TYPES = ("q8_0", "q5_0", "q4_k", "q6_k", "f16", "f32")
+WEIGHT_KERNEL_TYPES = ("q8_0", "q5_0", "q4_k", "q6_k", "tq3_1s", "tq4_1s", "f16", "f32")
+KERNELS["tq_rotate_x"] = KernelSpec("matvec.cu", "ppi")
 for _t in WEIGHT_KERNEL_TYPES:
     KERNELS[f"matvec_{_t}"] = KernelSpec("matvec.cu", "pppii")
     KERNELS[f"matmul_{_t}"] = KernelSpec("matvec.cu", "pppiii")
@@ -214,6 +215,16 @@ def _check_weight(wtype: str, k: int) -> None:
         raise ValueError(f"{wtype}: K={k} is not a multiple of {qk}")
 
 
+def _prep_x(wtype: str, x: Any) -> Any:
+    """TQ weights are stored rotated per 32-block: rotate the input once instead (quant.cuh)."""
+    if not wtype.startswith("tq"):
+        return x
+    xr = _xp(x).empty_like(x)
+    n = x.size
+    launch("tq_rotate_x", (max(1, min(4096, -(-n // 256))),), (256,), (x, xr, n))
+    return xr
+
+
 def matvec_rows(w: Any, wtype: str, ids: Any, x: Any, out: Any = None) -> Any:
     """y[i] = W[ids[i]] . x (gathered rows of a raw GGML weight). Reference: reference.matvec_rows."""
     x = _f32(x)
@@ -224,7 +235,7 @@ def matvec_rows(w: Any, wtype: str, ids: Any, x: Any, out: Any = None) -> Any:
     n = ids.size
     out = xp.empty((n,), xp.float32) if out is None else out
     if n:
-        launch(f"matvec_rows_{wtype}", ((n + 3) // 4,), (128,), (w, ids, x, out, n, k))
+        launch(f"matvec_rows_{wtype}", ((n + 3) // 4,), (128,), (w, ids, _prep_x(wtype, x), out, n, k))
     return out
 
 
@@ -240,6 +251,7 @@ def matmul(w: Any, wtype: str, x: Any, rows: int, out: Any = None) -> Any:
     k = x.shape[-1]
     _check_weight(wtype, k)
     xp = _xp(x)
+    x = _prep_x(wtype, x)
     if x.ndim == 1:
         out = xp.empty((rows,), xp.float32) if out is None else out
         launch(f"matvec_{wtype}", ((rows + 3) // 4,), (128,), (w, x, out, rows, k))

@@ -24,6 +24,8 @@ __device__ __forceinline__ void deq8(const u8* row, int c, float* y) {
   else if (TYPE == TS_Q5_0) deq8_q5_0(row, c, y);
   else if (TYPE == TS_Q4_K) deq8_q4_k(row, c, y);
   else if (TYPE == TS_Q6_K) deq8_q6_k(row, c, y);
+  else if (TYPE == TS_TQ3_1S) deq8_tq3_1s(row, c, y);
+  else if (TYPE == TS_TQ4_1S) deq8_tq4_1s(row, c, y);
   else if (TYPE == TS_F16) deq8_f16(row, c, y);
   else deq8_f32(row, c, y);
 }
@@ -81,5 +83,25 @@ TS_MATVEC(q8_0, TS_Q8_0)
 TS_MATVEC(q5_0, TS_Q5_0)
 TS_MATVEC(q4_k, TS_Q4_K)
 TS_MATVEC(q6_k, TS_Q6_K)
+TS_MATVEC(tq3_1s, TS_TQ3_1S)  // x must be rotated by tq_rotate_x first
+TS_MATVEC(tq4_1s, TS_TQ4_1S)
 TS_MATVEC(f16, TS_F16)
 TS_MATVEC(f32, TS_F32)
+
+// xr = H(signs * x) / sqrt(32) per 32-value block (the TQ weights' rotation, applied to the input
+// instead of un-rotating every weight). n a multiple of 32; one warp per block, grid-stride.
+// Napkin: n x 8 B moved, 5 shuffles per value — negligible next to the weights.
+extern "C" __global__ void __launch_bounds__(1024) tq_rotate_x(const float* __restrict__ x, float* __restrict__ xr,
+                                                               int n) {
+  const int lane = threadIdx.x & 31;
+  const int warps = (gridDim.x * blockDim.x) >> 5;
+  for (int b = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; b * 32 < n; b += warps) {
+    float v = x[b * 32 + lane] * (((TQ_SIGN_MASK >> lane) & 1u) ? -1.0f : 1.0f);
+#pragma unroll
+    for (int h = 1; h < 32; h <<= 1) {
+      const float o = __shfl_xor_sync(TS_FULL_MASK, v, h);
+      v = (lane & h) ? o - v : v + o;
+    }
+    xr[b * 32 + lane] = v * TQ_INV_SQRT32;
+  }
+}

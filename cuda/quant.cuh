@@ -9,6 +9,12 @@
 //         64-value group g: qs[32g..32g+32] low nibbles = sub-block 2g, high = 2g+1
 //         y = d * sc * q - dmin * m
 //   Q6_K: 210 B / 256 values: u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d
+//   TQ3_1S (id 45): 16 B / 32 values: f16 d0 (values 0..15), f16 d1 (16..31); qs[12]: 4 groups
+//         of 8 3-bit indices, index i of a group at bits 3i.. of its little-endian 24-bit word
+//   TQ4_1S (id 46): 20 B / 32 values: f16 d0, d1; qs[16] nibbles (qs[j/2] >> 4*(j%2))
+//         TQ values are c[idx] * d in the block's ROTATED domain: W_blk = signs * H(q) / sqrt(32),
+//         so W_blk . x = q . H(signs * x) / sqrt(32): the matvec rotates x once (tq_rotate_x)
+//         and never un-rotates a weight.
 //   F16 / F32: plain.
 // All multi-byte loads are 2-byte aligned u16 loads (block sizes 34/22/210 are only even).
 #pragma once
@@ -20,6 +26,17 @@
 #define TS_Q6_K 14
 #define TS_F16 1
 #define TS_F32 0
+#define TS_TQ3_1S 45
+#define TS_TQ4_1S 46
+
+__constant__ float TQ3_BOOK[8] = {-1.996684f, -1.291398f, -0.740341f, -0.247508f,
+                                  0.230106f,  0.725222f,  1.277503f,  1.988943f};
+__constant__ float TQ4_BOOK[16] = {-2.732590f, -2.069017f, -1.618046f, -1.256231f, -0.942340f, -0.656759f,
+                                   -0.388048f, -0.128395f, 0.128395f,  0.388048f,  0.656759f,  0.942340f,
+                                   1.256231f,  1.618046f,  2.069017f,  2.732590f};
+// TQ block rotation signs "+-+-++-+--+-++-+--+-+--+-++-+--+" as a mask (bit j set = -1)
+#define TQ_SIGN_MASK 0x696b4b4au
+#define TQ_INV_SQRT32 0.17677669529663688f
 
 __device__ __forceinline__ u32 ld_u32_a2(const u8* p) {  // 2-byte aligned 32-bit load
   const u16* q = reinterpret_cast<const u16*>(p);
@@ -103,6 +120,28 @@ __device__ __forceinline__ void deq8_f32(const u8* row, int c, float* y) {
   for (int k = 0; k < 8; ++k) y[k] = p[k];
 }
 
+__device__ __forceinline__ void deq8_tq3_1s(const u8* row, int c, float* y) {
+  const u8* b = row + (c >> 2) * 16;
+  const int grp = c & 3;
+  const float d = ld_h(b + (grp >= 2 ? 2 : 0));
+  const u8* q = b + 4 + 3 * grp;
+  const u32 w = (u32)q[0] | ((u32)q[1] << 8) | ((u32)q[2] << 16);
+#pragma unroll
+  for (int k = 0; k < 8; ++k) y[k] = TQ3_BOOK[(w >> (3 * k)) & 7] * d;
+}
+
+__device__ __forceinline__ void deq8_tq4_1s(const u8* row, int c, float* y) {
+  const u8* b = row + (c >> 2) * 20;
+  const int grp = c & 3;
+  const float d = ld_h(b + (grp >= 2 ? 2 : 0));
+  const u8* q = b + 4 + 4 * grp;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    y[2 * k] = TQ4_BOOK[q[k] & 15] * d;
+    y[2 * k + 1] = TQ4_BOOK[q[k] >> 4] * d;
+  }
+}
+
 // bytes of one row of K values
 __device__ __forceinline__ long long row_bytes_w(int type, int K) {
   switch (type) {
@@ -110,6 +149,8 @@ __device__ __forceinline__ long long row_bytes_w(int type, int K) {
     case TS_Q5_0: return (long long)(K / 32) * 22;
     case TS_Q4_K: return (long long)(K / 256) * 144;
     case TS_Q6_K: return (long long)(K / 256) * 210;
+    case TS_TQ3_1S: return (long long)(K / 32) * 16;
+    case TS_TQ4_1S: return (long long)(K / 32) * 20;
     case TS_F16: return (long long)K * 2;
     default: return (long long)K * 4;
   }

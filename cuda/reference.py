@@ -48,7 +48,29 @@ def geglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
 # (values per block, bytes per block); dequantizers below are checked against gguf.quants in tests.
 WEIGHT_TYPES: dict[str, tuple[int, int]] = {
     "f32": (1, 4), "f16": (1, 2), "q8_0": (32, 34), "q5_0": (32, 22), "q4_k": (256, 144), "q6_k": (256, 210),
+    "tq3_1s": (32, 16), "tq4_1s": (32, 20),
 }
+TQ_BOOKS = {
+    "tq3_1s": np.array([-1.996684, -1.291398, -0.740341, -0.247508, 0.230106, 0.725222, 1.277503, 1.988943],
+                       np.float32),
+    "tq4_1s": np.array([-2.732590, -2.069017, -1.618046, -1.256231, -0.942340, -0.656759, -0.388048, -0.128395,
+                        0.128395, 0.388048, 0.656759, 0.942340, 1.256231, 1.618046, 2.069017, 2.732590], np.float32),
+}
+TQ_SIGNS = np.array([-1.0 if c == "-" else 1.0 for c in "+-+-++-+--+-++-+--+-+--+-++-+--+"], np.float32)
+
+
+def wht(v: np.ndarray) -> np.ndarray:
+    """Unnormalised Walsh-Hadamard butterfly over the last axis (a power of two), float64."""
+    v = np.array(v, np.float64)
+    n = v.shape[-1]
+    h = 1
+    while h < n:
+        w = v.reshape(-1, n // (2 * h), 2, h)
+        a, b = w[:, :, 0, :].copy(), w[:, :, 1, :].copy()
+        w[:, :, 0, :], w[:, :, 1, :] = a + b, a - b
+        v = w.reshape(v.shape)
+        h *= 2
+    return v
 
 
 def _h(b: np.ndarray) -> np.ndarray:
@@ -66,6 +88,17 @@ def dequant_rows(w: np.ndarray, wtype: str, rows: int, k: int) -> np.ndarray:
     if wtype == "q8_0":
         d = _h(raw[:, :2])
         return (d * raw[:, 2:].view(np.int8).astype(np.float32)).reshape(rows, k)
+    if wtype in TQ_BOOKS:  # c[idx] * d, then the inverse rotation: butterfly, / sqrt(32), signs
+        d = raw[:, :4].copy().view(np.float16).astype(np.float32)  # (n, 2): d0, d1
+        qs = raw[:, 4:].astype(np.uint32)
+        if wtype == "tq4_1s":
+            idx = np.stack([qs & 15, qs >> 4], axis=2).reshape(-1, 32)
+        else:
+            g = qs.reshape(-1, 4, 3)
+            word = g[..., 0] | (g[..., 1] << 8) | (g[..., 2] << 16)
+            idx = ((word[..., None] >> np.arange(0, 24, 3, dtype=np.uint32)) & 7).reshape(-1, 32)
+        q = TQ_BOOKS[wtype][idx] * np.repeat(d, 16, axis=1)
+        return (wht(q) / np.sqrt(32.0) * TQ_SIGNS).astype(np.float32).reshape(rows, k)
     if wtype == "q5_0":
         d = _h(raw[:, :2])
         qh = raw[:, 2:6].copy().view(np.uint32)  # (n, 1), little-endian
@@ -131,6 +164,8 @@ def random_weight(rng: np.random.Generator, wtype: str, rows: int, k: int) -> np
     scale = lambda n: (rng.uniform(0.5, 2.0, n) * 0.01).astype(np.float16).view(np.uint8).reshape(n, 2)
     if wtype in ("q8_0", "q5_0"):
         raw[:, 0:2] = scale(nb)
+    elif wtype in TQ_BOOKS:
+        raw[:, 0:2], raw[:, 2:4] = scale(nb), scale(nb)
     elif wtype == "q4_k":
         raw[:, 0:2], raw[:, 2:4] = scale(nb), scale(nb)
     elif wtype == "q6_k":

@@ -9,6 +9,7 @@ import gguf
 import numpy as np
 import pytest
 from gguf.quants import dequantize
+
 from turbospec.cuda import loader
 from turbospec.cuda import reference as R
 
@@ -117,3 +118,20 @@ def test_matmul_prefill(wtype):
 def test_matvec_rejects_bad_k():
     with pytest.raises(ValueError, match="multiple of 256"):
         loader.matvec(np.zeros(144, np.uint8), "q4_k", np.zeros(288, np.float32), 1)
+
+
+@pytest.mark.parametrize("wtype,type_id", [("tq3_1s", 45), ("tq4_1s", 46)])
+def test_tq_reference_matches_engine_and_quantizer(wtype, type_id):
+    """TQ3_1S/TQ4_1S: reference dequant == engine/quant/tq.py; the matvec on weights that the
+    engine's quantizer packed (x rotated once by tq_rotate_x instead of un-rotating weights)."""
+    tq = pytest.importorskip("turbospec.engine.quant.tq")
+    rows, k = 8, 640
+    wf = rng.standard_normal((rows, k)).astype(np.float32)
+    w = tq.quantize(wf, type_id).reshape(-1)
+    np.testing.assert_allclose(R.dequant_rows(w, wtype, rows, k), tq.dequantize(w, type_id, (rows, k)),
+                               rtol=0, atol=1e-5)
+    x = rng.standard_normal(k).astype(np.float32)
+    out = np.full(rows, np.nan, np.float32)
+    loader.matvec(w, wtype, x, rows, out=out)
+    ref = R.matmul(w, wtype, x, rows)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

@@ -152,7 +152,7 @@ def check_all(dev: Dev, small: bool, rng: np.random.Generator) -> list[Row]:
     # (type, rows, K): FFN gate/up (K = n_embd, not a multiple of 256: Q8_0/Q5_0 in the default
     # model), FFN down (K = n_ff: Q4_K/Q6_K), the tied LM head (vocab x n_embd)
     shapes = [("q8_0", n_ff, n_embd), ("q5_0", n_ff, n_embd), ("q4_k", n_embd, n_ff), ("q6_k", n_embd, n_ff),
-              ("q8_0", vocab, n_embd)]
+              ("tq3_1s", n_ff, n_embd), ("tq4_1s", n_embd, n_ff), ("q8_0", vocab, n_embd)]
     for wt, nr, k in shapes:
         wq = R.random_weight(rng, wt, nr, k)
         xv = rng.standard_normal(k).astype(np.float32)

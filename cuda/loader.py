@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 
 CUDA_DIR = Path(__file__).resolve().parent
-# What the CuPy backend passes to RawModule. CuPy itself appends "-ftz=true" and
-# "-arch=compute_XY" before calling NVRTC; nvrtc_options() gives that full list, which
-# tests/cuda/test_compile.py compiles every source with.
+# What the CuPy backend passes to RawModule. CuPy itself adds "-ftz=true" and
+# "-arch=compute_XY" (and -I paths for its own and the toolkit's headers, which change nothing
+# here: the expanded sources include no header). nvrtc_options() gives that list, which
+# tests/cuda/test_compile.py compiles every source with. Giving --std ourselves stops CuPy from
+# adding its default --std=c++11.
 OPTIONS: tuple[str, ...] = ("--std=c++17",)
 CUPY_ADDED_OPTIONS: tuple[str, ...] = ("-ftz=true",)
 MAX_GRID_YZ = 65535  # CUDA's limit on gridDim.y and gridDim.z

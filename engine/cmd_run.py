@@ -106,6 +106,64 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="write an NDJSON trace (like LLAMA_MTP_ACC_TRACE: '1' = stderr, else a path appended to)",
     )
+    add_spec_args(p)
+
+
+def add_spec_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("speculative decoding")
+    g.add_argument(
+        "--spec",
+        default="none",
+        choices=["none", "mtp", "ngram", "draft"],
+        help="drafter: none (plain decoding), mtp (the assistant head), ngram (prompt lookup), "
+        "draft (a small model, --model-draft)",
+    )
+    g.add_argument("--draft-block-size", type=int, default=3, metavar="B",
+                   help="tokens per verify batch: a round drafts min(B-1, --draft-max) tokens (2..32, default 3)")
+    g.add_argument("--draft-max", type=int, default=16, help="at most this many drafts per round (default 16)")
+    g.add_argument("--pipeline-depth", type=int, default=None, choices=[1, 2],
+                   help="2 = draft the next round on a worker thread right after accept (default; "
+                   "LLAMA_PIPELINE_DEPTH2=0 selects 1)")
+    g.add_argument("--mtp-head", default=None, metavar="PATH", help="MTP assistant GGUF for --spec mtp")
+    g.add_argument("--model-draft", default=None, metavar="PATH", help="draft model GGUF for --spec draft")
+    g.add_argument("--ngram-max", type=int, default=3, metavar="N",
+                   help="prompt lookup: longest suffix n-gram to match (default 3; tried down to 1)")
+
+
+def make_drafter(args, model, tok, kv, n_ctx: int):
+    """The drafter chosen by --spec (None for plain decoding) and its SpecConfig."""
+    from turbospec.engine.spec.loop import SpecConfig, pipeline_depth_default, skip_streak_from_env
+
+    name = getattr(args, "spec", "none") or "none"
+    if name == "none":
+        return None, None
+    spec = SpecConfig(
+        block_size=args.draft_block_size,
+        draft_max=args.draft_max,
+        pipeline_depth=pipeline_depth_default(args.pipeline_depth),
+        skip_streak=skip_streak_from_env(),
+    )
+    spec.validate()
+    if name == "ngram":
+        from turbospec.engine.spec.ngram import NGramDrafter
+
+        if args.ngram_max < 1:
+            raise UserError(f"--ngram-max {args.ngram_max} must be 1 or more")
+        return NGramDrafter(n_max=args.ngram_max), spec
+    if name == "draft":
+        if not args.model_draft:
+            raise UserError("--spec draft needs --model-draft PATH (a small GGUF with the target's vocabulary)")
+        from turbospec.engine.spec.draft_model import DraftModelDrafter
+
+        return DraftModelDrafter.load(args.model_draft, tok.tokens, storage=args.weights, kv=kv, n_ctx=n_ctx), spec
+    try:
+        from turbospec.engine.spec.mtp import MTPDrafter
+    except ImportError:
+        raise UserError(
+            "--spec mtp is not available in this build (turbospec.engine.spec.mtp is missing); "
+            "use --spec ngram or --spec draft"
+        ) from None
+    return MTPDrafter.load(args.mtp_head, model, tok), spec
 
 
 def cmd_run(args) -> int:
@@ -136,6 +194,9 @@ def cmd_run(args) -> int:
         n_ctx=args.ctx_size,
         ignore_eos=args.ignore_eos,
     )
+    drafter, spec = make_drafter(args, model, tok, kv, args.ctx_size)
+    if spec is not None:
+        args.pipeline_depth = spec.pipeline_depth
     trace = open_trace(args, model, choice, cfg)
     detok = tok.detokenizer()
     is_tty = human.isatty()
@@ -157,11 +218,16 @@ def cmd_run(args) -> int:
 
     status = "ok"
     try:
-        res = generate(model, tok, ids, cfg, on_token=on_token, trace=trace)
+        res = generate(model, tok, ids, cfg, on_token=on_token, trace=trace, drafter=drafter, spec=spec)
     except KeyboardInterrupt:
         status = "interrupted"
         raise
+    except BaseException:
+        status = "error"
+        raise
     finally:
+        if drafter is not None:
+            drafter.close()
         if trace is not None and status != "ok":
             trace.run_end(status=status)
             trace.close()
@@ -186,7 +252,25 @@ def cmd_run(args) -> int:
         "backend": choice.name,
         "n_threads": args.threads,
         "model": str(model.gguf.path),
+        "spec": getattr(args, "spec", "none") or "none",
+        "draft_acceptance_rate": None,
+        "tau": None,
+        "per_position": None,
     }
+    if res.spec:
+        summary.update(
+            draft_acceptance_rate=res.spec["draft_acceptance_rate"],
+            tau=res.spec["tau"],
+            per_position=res.spec["per_position"],
+            draft_block_size=res.spec["block_size"],
+            draft_max=res.spec["draft_max"],
+            pipeline_depth=res.spec["pipeline_depth"],
+            rounds=res.spec["rounds"],
+            n_drafted=res.spec["n_drafted"],
+            n_accepted=res.spec["n_accepted"],
+            skip_rounds=res.spec["skip_rounds"],
+            lazy_rounds=res.spec["lazy_rounds"],
+        )
     if trace is not None:
         trace.run_end(
             status="ok" if res.stop_reason != "interrupted" else "interrupted",
@@ -195,8 +279,8 @@ def cmd_run(args) -> int:
             prefill_tok_s=summary["prefill_tok_s"],
             decode_tok_s=summary["decode_tok_s"],
             kv_bytes=res.kv_bytes,
-            draft_acceptance_rate=None,
-            tau=None,
+            draft_acceptance_rate=summary["draft_acceptance_rate"],
+            tau=summary["tau"],
         )
         trace.close()
     print_summary(summary, human, is_tty)
@@ -243,13 +327,30 @@ def print_summary(s: dict, out, is_tty: bool) -> None:
         f"generated {s['n_gen']} tok · decode {s['decode_tok_s']:.1f} tok/s · "
         f"KV {s['kv_bytes'] / 1024:.1f} KiB ({s['type_k']}/{s['type_v']}) · stop: {s['stop_reason']}"
     )
+    lines = [line]
+    if s.get("spec", "none") != "none":
+        lines.append(spec_summary_line(s))
     if is_tty:
         from rich.console import Console
 
-        Console(file=out).print(f"[bold cyan]{line}[/bold cyan]")
+        for ln in lines:
+            Console(file=out).print(ln, style="bold cyan", markup=False, highlight=False)
     else:
-        out.write(line + "\n")
+        out.write("\n".join(lines) + "\n")
         out.flush()
+
+
+def spec_summary_line(s: dict) -> str:
+    """'spec ngram B=3 · draft acceptance rate 83.2% · τ 2.47 · p_i 90.0% 76.3% · decode 41.2 tok/s'."""
+    from turbospec.trace import fmt_pct, fmt_tau
+
+    pp = " ".join(fmt_pct(p) for p in (s.get("per_position") or [])) or "—"
+    return (
+        f"spec {s['spec']} B={s.get('draft_block_size')} depth {s.get('pipeline_depth')} · "
+        f"draft acceptance rate {fmt_pct(s.get('draft_acceptance_rate'))} · τ {fmt_tau(s.get('tau'))} · "
+        f"per-position acceptance {pp} · decode {s['decode_tok_s']:.1f} tok/s · "
+        f"{s.get('rounds', 0)} rounds, {s.get('skip_rounds', 0)} skipped"
+    )
 
 
 # -- ppl -----------------------------------------------------------------------------------------

@@ -35,8 +35,22 @@ __device__ __forceinline__ u16 f2h(float f) {  // round to nearest even
   T* name = reinterpret_cast<T*>(ts_dyn_smem_raw)
 #endif
 
+// 16-bit loads/stores at byte addresses that must be 2-byte aligned (the GPU faults otherwise;
+// the harness checks it, since x86 would not).
+__device__ __forceinline__ u16 ld_u16(const u8* p) {
+#ifdef TS_EMU
+  if (reinterpret_cast<unsigned long long>(p) & 1ull) ts_emu::fail("misaligned 16-bit load");
+#endif
+  return *reinterpret_cast<const u16*>(p);
+}
+__device__ __forceinline__ void st_u16(u8* p, u16 v) {
+#ifdef TS_EMU
+  if (reinterpret_cast<unsigned long long>(p) & 1ull) ts_emu::fail("misaligned 16-bit store");
+#endif
+  *reinterpret_cast<u16*>(p) = v;
+}
 // f16 stored at a 2-byte aligned byte address
-__device__ __forceinline__ float ld_h(const u8* p) { return h2f(*reinterpret_cast<const u16*>(p)); }
+__device__ __forceinline__ float ld_h(const u8* p) { return h2f(ld_u16(p)); }
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

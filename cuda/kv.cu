@@ -26,7 +26,7 @@ kv_append(const float* __restrict__ x, const float* __restrict__ eq, u8* __restr
   u8* row = cache + ((long long)(pos0 + tok) * n_heads + head) * kv_row_bytes(type, D);
 
   if (type == KV_F16) {
-    reinterpret_cast<u16*>(row)[d] = f2h(v);
+    st_u16(row + 2 * d, f2h(v));
     return;
   }
   if (type == KV_Q8_0) {  // == gguf/ggml quantize_row_q8_0
@@ -34,7 +34,7 @@ kv_append(const float* __restrict__ x, const float* __restrict__ eq, u8* __restr
     const float dd = amax / 127.0f;
     const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
     u8* b = row + (grp * 4 + warp) * 34;
-    if (lane == 0) *reinterpret_cast<u16*>(b) = f2h(dd);
+    if (lane == 0) st_u16(b, f2h(dd));
     b[2 + lane] = (u8)(i8)(int)roundf(v * id);
     return;
   }
@@ -56,7 +56,7 @@ kv_append(const float* __restrict__ x, const float* __restrict__ eq, u8* __restr
     const int q = min(15, (int)(v * id + 8.5f));
     const int q_hi = __shfl_down_sync(TS_FULL_MASK, q, 16);
     u8* b = row + (grp * 4 + warp) * 18;
-    if (lane == 0) *reinterpret_cast<u16*>(b) = f2h(dd);
+    if (lane == 0) st_u16(b, f2h(dd));
     if (lane < 16) b[2 + lane] = (u8)(q | (q_hi << 4));
     return;
   }
@@ -72,9 +72,9 @@ kv_append(const float* __restrict__ x, const float* __restrict__ eq, u8* __restr
   sidx[j] = idx;
   __syncthreads();
   u8* b = row + grp * kv_block_bytes(type);
-  if (j == 0) *reinterpret_cast<u16*>(b) = f2h(n / cn);
+  if (j == 0) st_u16(b, f2h(n / cn));
   if (type == KV_TURBO4 || type == KV_TURBO4LM) {
-    if (j == 0) *reinterpret_cast<u16*>(b + 2) = 0;  // rnorm
+    if (j == 0) st_u16(b + 2, 0);  // rnorm
     if (j < 64) b[4 + j] = (u8)(sidx[2 * j] | (sidx[2 * j + 1] << 4));
   } else if (type == KV_TURBO3) {
     if (j < 32) {

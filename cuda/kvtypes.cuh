@@ -91,16 +91,15 @@ __device__ __forceinline__ int tb_nearest(int t, float r) {
 // for turbo types. Every load is at least 2-byte aligned (all row and block sizes are even).
 __device__ __forceinline__ void kv_load8(int t, const u8* __restrict__ row, int lane, float* y) {
   if (t == KV_F16) {
-    const u16* p = reinterpret_cast<const u16*>(row) + lane * 8;
 #pragma unroll
-    for (int k = 0; k < 8; ++k) y[k] = h2f(p[k]);
+    for (int k = 0; k < 8; ++k) y[k] = h2f(ld_u16(row + lane * 16 + 2 * k));
   } else if (t == KV_Q8_0) {
     const u8* b = row + (lane >> 2) * 34;
     const float d = ld_h(b);
-    const u16* q = reinterpret_cast<const u16*>(b + 2 + (lane & 3) * 8);
+    const u8* q = b + 2 + (lane & 3) * 8;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      const u16 v = q[k];
+      const u16 v = ld_u16(q + 2 * k);
       y[2 * k] = d * (float)(i8)(v & 0xff);
       y[2 * k + 1] = d * (float)(i8)(v >> 8);
     }
@@ -116,24 +115,24 @@ __device__ __forceinline__ void kv_load8(int t, const u8* __restrict__ row, int 
     const u8* b = row + (lane >> 4) * 68;
     const float nrm = ld_h(b);
     const float* book = t == KV_TURBO4 ? TB_C4 : TB_C4LM;
-    const u16* q = reinterpret_cast<const u16*>(b + 4 + (lane & 15) * 4);
+    const u8* q = b + 4 + (lane & 15) * 4;
 #pragma unroll
     for (int k = 0; k < 2; ++k) {
-      const u16 w = q[k];
+      const u16 w = ld_u16(q + 2 * k);
 #pragma unroll
       for (int e = 0; e < 4; ++e) y[4 * k + e] = book[(w >> (4 * e)) & 15] * nrm;
     }
   } else if (t == KV_TURBO3) {
     const u8* b = row + (lane >> 4) * 50;
     const float nrm = ld_h(b);
-    const u16 w = *reinterpret_cast<const u16*>(b + 2 + (lane & 15) * 2);
+    const u16 w = ld_u16(b + 2 + (lane & 15) * 2);
     const u8 sg = b[34 + (lane & 15)];
 #pragma unroll
     for (int k = 0; k < 8; ++k) y[k] = TB_C3[((w >> (2 * k)) & 3) | (((sg >> k) & 1) << 2)] * nrm;
   } else {
     const u8* b = row + (lane >> 4) * 34;
     const float nrm = ld_h(b);
-    const u16 w = *reinterpret_cast<const u16*>(b + 2 + (lane & 15) * 2);
+    const u16 w = ld_u16(b + 2 + (lane & 15) * 2);
 #pragma unroll
     for (int k = 0; k < 8; ++k) y[k] = TB_C2[(w >> (2 * k)) & 3] * nrm;
   }

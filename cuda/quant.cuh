@@ -39,17 +39,16 @@ __constant__ float TQ4_BOOK[16] = {-2.732590f, -2.069017f, -1.618046f, -1.256231
 #define TQ_INV_SQRT32 0.17677669529663688f
 
 __device__ __forceinline__ u32 ld_u32_a2(const u8* p) {  // 2-byte aligned 32-bit load
-  const u16* q = reinterpret_cast<const u16*>(p);
-  return (u32)q[0] | ((u32)q[1] << 16);
+  return (u32)ld_u16(p) | ((u32)ld_u16(p + 2) << 16);
 }
 
 __device__ __forceinline__ void deq8_q8_0(const u8* row, int c, float* y) {
   const u8* b = row + (c >> 2) * 34;
   const float d = ld_h(b);
-  const u16* q = reinterpret_cast<const u16*>(b + 2 + (c & 3) * 8);
+  const u8* q = b + 2 + (c & 3) * 8;
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    const u16 v = q[k];
+    const u16 v = ld_u16(q + 2 * k);
     y[2 * k] = d * (float)(i8)(v & 0xff);
     y[2 * k + 1] = d * (float)(i8)(v >> 8);
   }
@@ -109,9 +108,8 @@ __device__ __forceinline__ void deq8_q6_k(const u8* row, int c, float* y) {
 }
 
 __device__ __forceinline__ void deq8_f16(const u8* row, int c, float* y) {
-  const u16* p = reinterpret_cast<const u16*>(row) + c * 8;
 #pragma unroll
-  for (int k = 0; k < 8; ++k) y[k] = h2f(p[k]);
+  for (int k = 0; k < 8; ++k) y[k] = h2f(ld_u16(row + c * 16 + 2 * k));
 }
 
 __device__ __forceinline__ void deq8_f32(const u8* row, int c, float* y) {

@@ -79,3 +79,8 @@ extern "C" __global__ void half_roundtrip(const float* x, u16* h, float* back, i
     back[i] = h2f(h[i]);
   }
 }
+
+// a 16-bit load at an odd address: the GPU faults, the harness must say so
+extern "C" __global__ void misaligned_load(const u8* p, float* out) {
+  if (threadIdx.x == 0) out[0] = ld_h(p + 1);
+}

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from turbospec.cuda import loader
 from turbospec.cuda.emu import harness
 
 SELFTEST = Path(__file__).with_name("selftest.cu")
 SIGS = {"barrier_rotate": "p", "warp_ops": "ppp", "partial_mask_and_sum": "pp", "atomics": "ppp",
-        "dyn_reverse": "pp", "divergent_barrier": "p", "oob_write": "pi", "half_roundtrip": "pppi"}
+        "dyn_reverse": "pp", "divergent_barrier": "p", "oob_write": "pi", "half_roundtrip": "pppi",
+        "misaligned_load": "pp"}
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +89,11 @@ def test_deadlock_reported(lib):
 def test_out_of_bounds_write_reported(lib):
     with pytest.raises(harness.HarnessError, match="out-of-bounds"):
         run(lib, "oob_write", (1,), (32,), np.zeros(10, np.float32), 10)
+
+
+def test_misaligned_load_reported(lib):
+    with pytest.raises(harness.HarnessError, match="misaligned"):
+        run(lib, "misaligned_load", (1,), (32,), np.zeros(8, np.uint8), np.zeros(1, np.float32))
 
 
 def test_bad_launch_config(lib):

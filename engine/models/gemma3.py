@@ -21,11 +21,11 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from turbospec.engine.gguf import GGUFFile
 from turbospec.engine.kv.cache import KVCache, KVConfig
 from turbospec.engine.linear import Dense, RowInt16
 from turbospec.engine.weights import Entry, WeightStore
-
 from turbospec.errors import UserError
 
 ARCH = "gemma3"
@@ -91,8 +91,8 @@ class Gemma3Config:
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    ms = np.mean(np.square(x), axis=-1, keepdims=True)
-    return x * (1.0 / np.sqrt(ms + np.float32(eps))).astype(np.float32) * w
+    ms = np.einsum("...i,...i->...", x, x)[..., None] / np.float32(x.shape[-1])
+    return x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps))) * w
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
@@ -100,16 +100,23 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(c * (x + np.float32(0.044715) * x * x * x)))
 
 
-def rope_neox(x: np.ndarray, pos: np.ndarray, base: float) -> np.ndarray:
-    """NEOX RoPE on (T, H, D): rotate pairs (i, i + D/2) by pos * base^(-2i/D)."""
-    d = x.shape[-1]
+def rope_tables(pos: np.ndarray, base: float, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin of pos * base^(-2i/d), i < d/2, as (T, 1, d/2) float32 (angles in float64)."""
     half = d // 2
     inv = base ** (-np.arange(half, dtype=np.float64) * 2.0 / d)
     ang = pos.astype(np.float64)[:, None] * inv[None, :]
-    cos = np.cos(ang).astype(np.float32)[:, None, :]
-    sin = np.sin(ang).astype(np.float32)[:, None, :]
+    return np.cos(ang).astype(np.float32)[:, None, :], np.sin(ang).astype(np.float32)[:, None, :]
+
+
+def rope_neox(x: np.ndarray, pos: np.ndarray, base: float, tables=None) -> np.ndarray:
+    """NEOX RoPE on (T, H, D): rotate pairs (i, i + D/2) by pos * base^(-2i/D)."""
+    half = x.shape[-1] // 2
+    cos, sin = tables if tables is not None else rope_tables(pos, base, x.shape[-1])
     x1, x2 = x[..., :half], x[..., half:]
-    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    out = np.empty_like(x)
+    np.subtract(x1 * cos, x2 * sin, out=out[..., :half])
+    np.add(x2 * cos, x1 * sin, out=out[..., half:])
+    return out
 
 
 @dataclass
@@ -212,7 +219,7 @@ class Gemma3:
             logits = np.tanh(logits / sc) * sc
         return logits
 
-    def layer_attention(self, i: int, h: np.ndarray, pos: np.ndarray, cache: KVCache) -> np.ndarray:
+    def layer_attention(self, i: int, h: np.ndarray, pos: np.ndarray, cache: KVCache, rope=None) -> np.ndarray:
         c, b = self.cfg, self.blk[i]
         T = h.shape[0]
         qkv = b.attn_qkv.apply(h)
@@ -223,8 +230,9 @@ class Gemma3:
         q = rms_norm(q, b.attn_q_norm, c.eps)
         k = rms_norm(k, b.attn_k_norm, c.eps)
         base = c.rope_base_swa if c.sliding[i] else c.rope_base
-        q = rope_neox(q, pos, base)
-        k = rope_neox(k, pos, base)
+        tables = rope[base] if rope is not None else rope_tables(pos, base, c.head_dim)
+        q = rope_neox(q, pos, base, tables)
+        k = rope_neox(k, pos, base, tables)
         o = cache.layers[i].attend(q, pos, self.attn_scale, k_new=k, v_new=v)
         return b.attn_output.apply(o.reshape(T, c.n_head * c.head_dim))
 
@@ -239,9 +247,10 @@ class Gemma3:
         T = len(tokens)
         pos = np.arange(cache.n_past, cache.n_past + T, dtype=np.int64)
         x = self.embed(tokens)
+        rope = {base: rope_tables(pos, base, c.head_dim) for base in {c.rope_base, c.rope_base_swa}}
         for i, b in enumerate(self.blk):
             h = rms_norm(x, b.attn_norm, c.eps)
-            x = x + rms_norm(self.layer_attention(i, h, pos, cache), b.post_attention_norm, c.eps)
+            x = x + rms_norm(self.layer_attention(i, h, pos, cache, rope), b.post_attention_norm, c.eps)
             h = rms_norm(x, b.ffn_norm, c.eps)
             gu = b.ffn_gate_up.apply(h)
             a = gelu_tanh(gu[:, : c.n_ff]) * gu[:, c.n_ff :]

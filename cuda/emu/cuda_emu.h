@@ -7,6 +7,8 @@
 // block (or every live lane named in the warp mask) has arrived. A barrier that can never open
 // (divergent __syncthreads, shuffle mask naming a lane that waits elsewhere) is reported as a
 // deadlock instead of hanging. Exited threads count as arrived at __syncthreads (as on sm_70+).
+// Between barriers threads run forward in one pass and backward in the next, so missing
+// barriers show up as wrong results instead of passing by luck.
 //
 // Supported: threadIdx/blockIdx/blockDim/gridDim/warpSize, __global__/__device__/__host__/
 // __forceinline__/__launch_bounds__/__restrict__, static __shared__ and dynamic shared memory
@@ -201,9 +203,12 @@ inline unsigned warp_id() { return g->cur->lin >> 5; }
 inline bool run_block() {
   const int n = g->nthreads;
   for (int i = 0; i < n; ++i) prepare(g->fibers[i], g->stacks + size_t(i) * kStack);
-  for (;;) {
-    for (int i = 0; i < n; ++i) {
-      Fiber* f = &g->fibers[i];
+  for (unsigned pass = 0;; ++pass) {
+    // Alternate the order in which threads run between barriers (forward, backward): a kernel
+    // that misses a barrier then sees its racing reads come out wrong in one of the two orders.
+    const bool rev = (pass + g->bid.x + g->bid.y) & 1u;
+    for (int k = 0; k < n; ++k) {
+      Fiber* f = &g->fibers[rev ? n - 1 - k : k];
       if (f->state == RUN) resume(f);
       if (g->error) return false;
     }

@@ -84,3 +84,13 @@ extern "C" __global__ void half_roundtrip(const float* x, u16* h, float* back, i
 extern "C" __global__ void misaligned_load(const u8* p, float* out) {
   if (threadIdx.x == 0) out[0] = ld_h(p + 1);
 }
+
+// reads a neighbour's shared value without a barrier: wrong in at least one thread order
+extern "C" __global__ void missing_barrier(int* out) {
+  __shared__ int sm[64];
+  const int t = threadIdx.x;
+  sm[t] = t + 1;
+  out[t] = sm[(t + 32) % 64];  // no __syncthreads between the write and the read
+  __syncthreads();
+  sm[t] = 0;
+}

@@ -13,7 +13,7 @@ from turbospec.cuda.emu import harness
 SELFTEST = Path(__file__).with_name("selftest.cu")
 SIGS = {"barrier_rotate": "p", "warp_ops": "ppp", "partial_mask_and_sum": "pp", "atomics": "ppp",
         "dyn_reverse": "pp", "divergent_barrier": "p", "oob_write": "pi", "half_roundtrip": "pppi",
-        "misaligned_load": "pp"}
+        "misaligned_load": "pp", "missing_barrier": "p"}
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +89,16 @@ def test_deadlock_reported(lib):
 def test_out_of_bounds_write_reported(lib):
     with pytest.raises(harness.HarnessError, match="out-of-bounds"):
         run(lib, "oob_write", (1,), (32,), np.zeros(10, np.float32), 10)
+
+
+def test_missing_barrier_exposed(lib):
+    """A read of another thread's shared value without __syncthreads must not pass by luck:
+    threads run in alternating orders between barriers (forward in block 0, backward in block 1)."""
+    exp = (np.arange(64) + 32) % 64 + 1
+    for grid in (1, 2):
+        out = np.full(64, -1, np.int32)
+        run(lib, "missing_barrier", (grid,), (64,), out)
+        assert not np.array_equal(out, exp)
 
 
 def test_misaligned_load_reported(lib):

@@ -30,12 +30,17 @@ attn_decode(const float* __restrict__ q, const u8* __restrict__ kc, const u8* __
   __shared__ float sq[ATT_GMAX * ATT_D];
   __shared__ float sacc[ATT_WARPS][ATT_GMAX][ATT_D];
   __shared__ float sml[ATT_WARPS][ATT_GMAX][2];
+  __shared__ float sbook[2][16];  // K and V codebooks (turbo types)
   const int split = blockIdx.x, hk = blockIdx.y, qt = blockIdx.z, nqt = gridDim.z;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int nq = n_kv_heads * G;
   const int q_end = kv_end + qt;
   const int q_start = window > 0 ? max(kv_start, q_end - window) : kv_start;
   for (int i = tid; i < G * ATT_D; i += blockDim.x) sq[i] = q[((long long)qt * nq + hk * G) * ATT_D + i];
+  if (tid < 16) {
+    sbook[0][tid] = kv_is_turbo(ktype) && tid < tb_levels(ktype) ? tb_book(ktype)[tid] : 0.0f;
+    sbook[1][tid] = kv_is_turbo(vtype) && tid < tb_levels(vtype) ? tb_book(vtype)[tid] : 0.0f;
+  }
   __syncthreads();
   if (kv_is_turbo(ktype)) tb_rotate_shared(sq, G * (ATT_D / 128), false);
 
@@ -56,7 +61,7 @@ attn_decode(const float* __restrict__ q, const u8* __restrict__ kc, const u8* __
   for (int t = t0 + warp; t < t1; t += ATT_WARPS) {
     const long long cell = (long long)t * n_kv_heads + hk;
     float kv[8], s[ATT_GMAX];
-    kv_load8(ktype, kc + cell * krb, lane, kv);
+    kv_load8(ktype, kc + cell * krb, lane, sbook[0], kv);
 #pragma unroll
     for (int g = 0; g < ATT_GMAX; ++g) {
       float p = 0.0f;
@@ -64,7 +69,7 @@ attn_decode(const float* __restrict__ q, const u8* __restrict__ kc, const u8* __
       for (int k = 0; k < 8; ++k) p += qr[g][k] * kv[k];
       s[g] = warp_sum(p);
     }
-    kv_load8(vtype, vc + cell * vrb, lane, kv);
+    kv_load8(vtype, vc + cell * vrb, lane, sbook[1], kv);
 #pragma unroll
     for (int g = 0; g < ATT_GMAX; ++g) {
       const float mn = fmaxf(m[g], s[g]);

@@ -88,8 +88,11 @@ __device__ __forceinline__ int tb_nearest(int t, float r) {
 }
 
 // Decode values j0..j0+7 of a row for head_dim 256 (lane = j0 / 8 of a warp), rotated domain
-// for turbo types. Every load is at least 2-byte aligned (all row and block sizes are even).
-__device__ __forceinline__ void kv_load8(int t, const u8* __restrict__ row, int lane, float* y) {
+// for turbo types, with `book` the type's codebook (pass a copy in shared memory: lanes index it
+// with different indices, which constant memory would serialize). Every load is at least 2-byte
+// aligned (all row and block sizes are even).
+__device__ __forceinline__ void kv_load8(int t, const u8* __restrict__ row, int lane, const float* book,
+                                         float* y) {
   if (t == KV_F16) {
 #pragma unroll
     for (int k = 0; k < 8; ++k) y[k] = h2f(ld_u16(row + lane * 16 + 2 * k));
@@ -114,7 +117,6 @@ __device__ __forceinline__ void kv_load8(int t, const u8* __restrict__ row, int 
   } else if (kv_is_4bit(t)) {
     const u8* b = row + (lane >> 4) * 68;
     const float nrm = ld_h(b);
-    const float* book = t == KV_TURBO4 ? TB_C4 : TB_C4LM;
     const u8* q = b + 4 + (lane & 15) * 4;
 #pragma unroll
     for (int k = 0; k < 2; ++k) {
@@ -128,13 +130,13 @@ __device__ __forceinline__ void kv_load8(int t, const u8* __restrict__ row, int 
     const u16 w = ld_u16(b + 2 + (lane & 15) * 2);
     const u8 sg = b[34 + (lane & 15)];
 #pragma unroll
-    for (int k = 0; k < 8; ++k) y[k] = TB_C3[((w >> (2 * k)) & 3) | (((sg >> k) & 1) << 2)] * nrm;
+    for (int k = 0; k < 8; ++k) y[k] = book[((w >> (2 * k)) & 3) | (((sg >> k) & 1) << 2)] * nrm;
   } else {
     const u8* b = row + (lane >> 4) * 34;
     const float nrm = ld_h(b);
     const u16 w = ld_u16(b + 2 + (lane & 15) * 2);
 #pragma unroll
-    for (int k = 0; k < 8; ++k) y[k] = TB_C2[(w >> (2 * k)) & 3] * nrm;
+    for (int k = 0; k < 8; ++k) y[k] = book[(w >> (2 * k)) & 3] * nrm;
   }
 }
 

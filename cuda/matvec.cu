@@ -19,13 +19,13 @@
 #define TS_NB 8
 
 template <int TYPE>
-__device__ __forceinline__ void deq8(const u8* row, int c, float* y) {
+__device__ __forceinline__ void deq8(const u8* row, int c, const float* book, float* y) {
   if (TYPE == TS_Q8_0) deq8_q8_0(row, c, y);
   else if (TYPE == TS_Q5_0) deq8_q5_0(row, c, y);
   else if (TYPE == TS_Q4_K) deq8_q4_k(row, c, y);
   else if (TYPE == TS_Q6_K) deq8_q6_k(row, c, y);
-  else if (TYPE == TS_TQ3_1S) deq8_tq3_1s(row, c, y);
-  else if (TYPE == TS_TQ4_1S) deq8_tq4_1s(row, c, y);
+  else if (TYPE == TS_TQ3_1S) deq8_tq3_1s(row, c, book, y);
+  else if (TYPE == TS_TQ4_1S) deq8_tq4_1s(row, c, book, y);
   else if (TYPE == TS_F16) deq8_f16(row, c, y);
   else deq8_f32(row, c, y);
 }
@@ -34,6 +34,12 @@ template <int TYPE, int NB>
 __device__ __forceinline__ void mm_body(const u8* __restrict__ W, const int* __restrict__ ids,
                                         const float* __restrict__ x, float* __restrict__ y, int rows, int K,
                                         int T) {
+  __shared__ float sbook[16];
+  if (TYPE == TS_TQ3_1S || TYPE == TS_TQ4_1S) {
+    if (threadIdx.x < 16)
+      sbook[threadIdx.x] = TYPE == TS_TQ4_1S ? TQ4_BOOK[threadIdx.x] : (threadIdx.x < 8 ? TQ3_BOOK[threadIdx.x] : 0.0f);
+    __syncthreads();
+  }
   const int lane = threadIdx.x & 31;
   const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   const int t0 = blockIdx.y * NB;
@@ -46,7 +52,7 @@ __device__ __forceinline__ void mm_body(const u8* __restrict__ W, const int* __r
   for (int b = 0; b < NB; ++b) acc[b] = 0.0f;
   for (int c = lane; c < nch; c += 32) {
     float w[8];
-    deq8<TYPE>(row, c, w);
+    deq8<TYPE>(row, c, sbook, w);
 #pragma unroll
     for (int b = 0; b < NB; ++b) {
       if (t0 + b < T) {

@@ -118,25 +118,26 @@ __device__ __forceinline__ void deq8_f32(const u8* row, int c, float* y) {
   for (int k = 0; k < 8; ++k) y[k] = p[k];
 }
 
-__device__ __forceinline__ void deq8_tq3_1s(const u8* row, int c, float* y) {
+// `book`: the TQ codebook, best a copy in shared memory (lanes index it divergently)
+__device__ __forceinline__ void deq8_tq3_1s(const u8* row, int c, const float* book, float* y) {
   const u8* b = row + (c >> 2) * 16;
   const int grp = c & 3;
   const float d = ld_h(b + (grp >= 2 ? 2 : 0));
   const u8* q = b + 4 + 3 * grp;
   const u32 w = (u32)q[0] | ((u32)q[1] << 8) | ((u32)q[2] << 16);
 #pragma unroll
-  for (int k = 0; k < 8; ++k) y[k] = TQ3_BOOK[(w >> (3 * k)) & 7] * d;
+  for (int k = 0; k < 8; ++k) y[k] = book[(w >> (3 * k)) & 7] * d;
 }
 
-__device__ __forceinline__ void deq8_tq4_1s(const u8* row, int c, float* y) {
+__device__ __forceinline__ void deq8_tq4_1s(const u8* row, int c, const float* book, float* y) {
   const u8* b = row + (c >> 2) * 20;
   const int grp = c & 3;
   const float d = ld_h(b + (grp >= 2 ? 2 : 0));
   const u8* q = b + 4 + 4 * grp;
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    y[2 * k] = TQ4_BOOK[q[k] & 15] * d;
-    y[2 * k + 1] = TQ4_BOOK[q[k] >> 4] * d;
+    y[2 * k] = book[q[k] & 15] * d;
+    y[2 * k + 1] = book[q[k] >> 4] * d;
   }
 }
 

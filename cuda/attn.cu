@@ -44,39 +44,51 @@ attn_decode(const float* __restrict__ q, const u8* __restrict__ kc, const u8* __
   __syncthreads();
   if (kv_is_turbo(ktype)) tb_rotate_shared(sq, G * (ATT_D / 128), false);
 
-  float qr[ATT_GMAX][8], acc[ATT_GMAX][8], m[ATT_GMAX], l[ATT_GMAX];
+  // Q stays in shared memory (pre-scaled): registers go to the accumulators and loads in flight
+  for (int i = tid; i < G * ATT_D; i += blockDim.x) sq[i] *= scale;
+  for (int i = G * ATT_D + tid; i < ATT_GMAX * ATT_D; i += blockDim.x) sq[i] = 0.0f;
+  __syncthreads();
+  float acc[ATT_GMAX][8], m[ATT_GMAX], l[ATT_GMAX];
 #pragma unroll
   for (int g = 0; g < ATT_GMAX; ++g) {
     m[g] = TS_NEG_BIG;
     l[g] = 0.0f;
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      qr[g][k] = g < G ? sq[g * ATT_D + lane * 8 + k] * scale : 0.0f;
-      acc[g][k] = 0.0f;
-    }
+    for (int k = 0; k < 8; ++k) acc[g][k] = 0.0f;
   }
+  const float* qlane = sq + lane * 8;
   const long long krb = kv_row_bytes(ktype, ATT_D), vrb = kv_row_bytes(vtype, ATT_D);
   const int t0 = max(kv_start + split * chunk, q_start);
   const int t1 = min(kv_start + (split + 1) * chunk, q_end);
-  for (int t = t0 + warp; t < t1; t += ATT_WARPS) {
-    const long long cell = (long long)t * n_kv_heads + hk;
-    float kv[8], s[ATT_GMAX];
-    kv_load8(ktype, kc + cell * krb, lane, sbook[0], kv);
+  // Two cells per warp and iteration (t and t + 4): twice the K/V loads in flight per warp.
+  // A missing second cell re-reads the first (cached) and gets a score of -1e30 (weight 0).
+  for (int t = t0 + warp; t < t1; t += 2 * ATT_WARPS) {
+    const bool has_b = t + ATT_WARPS < t1;  // uniform over the warp
+    const long long ca = (long long)t * n_kv_heads + hk;
+    const long long cb = has_b ? ca + (long long)ATT_WARPS * n_kv_heads : ca;
+    float xa[8], xb[8], sa[ATT_GMAX], sb[ATT_GMAX];
+    kv_load8(ktype, kc + ca * krb, lane, sbook[0], xa);
+    kv_load8(ktype, kc + cb * krb, lane, sbook[0], xb);
 #pragma unroll
     for (int g = 0; g < ATT_GMAX; ++g) {
-      float p = 0.0f;
+      float pa = 0.0f, pb = 0.0f;
 #pragma unroll
-      for (int k = 0; k < 8; ++k) p += qr[g][k] * kv[k];
-      s[g] = warp_sum(p);
+      for (int k = 0; k < 8; ++k) {
+        pa += qlane[g * ATT_D + k] * xa[k];
+        pb += qlane[g * ATT_D + k] * xb[k];
+      }
+      sa[g] = warp_sum(pa);
+      sb[g] = has_b ? warp_sum(pb) : TS_NEG_BIG;
     }
-    kv_load8(vtype, vc + cell * vrb, lane, sbook[1], kv);
+    kv_load8(vtype, vc + ca * vrb, lane, sbook[1], xa);
+    kv_load8(vtype, vc + cb * vrb, lane, sbook[1], xb);
 #pragma unroll
     for (int g = 0; g < ATT_GMAX; ++g) {
-      const float mn = fmaxf(m[g], s[g]);
-      const float corr = __expf(m[g] - mn), p = __expf(s[g] - mn);
-      l[g] = l[g] * corr + p;
+      const float mn = fmaxf(m[g], fmaxf(sa[g], sb[g]));
+      const float corr = __expf(m[g] - mn), pa = __expf(sa[g] - mn), pb = __expf(sb[g] - mn);
+      l[g] = l[g] * corr + pa + pb;
 #pragma unroll
-      for (int k = 0; k < 8; ++k) acc[g][k] = acc[g][k] * corr + p * kv[k];
+      for (int k = 0; k < 8; ++k) acc[g][k] = acc[g][k] * corr + pa * xa[k] + pb * xb[k];
       m[g] = mn;
     }
   }

@@ -42,32 +42,41 @@ class KernelSpec:
     sig: str  # p pointer, i int32, u uint32, f float32, q int64 (checked against the harness build)
 
 
-KERNELS: dict[str, KernelSpec] = {
-    "rmsnorm": KernelSpec("norm.cu", "pppif"),
-    "add_rmsnorm": KernelSpec("norm.cu", "pppppif"),
-    "rope_neox": KernelSpec("rope.cu", "ppiiif"),
-    "geglu": KernelSpec("act.cu", "pppi"),
-}
 WEIGHT_KERNEL_TYPES = ("q8_0", "q5_0", "q4_k", "q6_k", "tq3_1s", "tq4_1s", "f16", "f32")
-KERNELS["tq_rotate_x"] = KernelSpec("matvec.cu", "ppi")
-for _t in WEIGHT_KERNEL_TYPES:
-    KERNELS[f"matvec_{_t}"] = KernelSpec("matvec.cu", "pppii")
-    KERNELS[f"matmul_{_t}"] = KernelSpec("matvec.cu", "pppiii")
-    KERNELS[f"matvec_rows_{_t}"] = KernelSpec("matvec.cu", "ppppii")
-KERNELS["kv_append"] = KernelSpec("kv.cu", "pppiiii")
-KERNELS["attn_decode"] = KernelSpec("attn.cu", "pppppiiiiiiifi")
-KERNELS["attn_reduce"] = KernelSpec("attn.cu", "pppiii")
-KERNELS.update({
-    "argmax_partial": KernelSpec("sample.cu", "pipp"),
-    "argmax_final": KernelSpec("sample.cu", "ppipp"),
-    "softmax": KernelSpec("sample.cu", "ppif"),
-    "topk": KernelSpec("sample.cu", "piipp"),
-    "gather_cluster_ids": KernelSpec("sample.cu", "ppiip"),
-    "fill_f32": KernelSpec("sample.cu", "pif"),
-    "scatter_f32": KernelSpec("sample.cu", "ppip"),
-})
 MATMUL_NB = 8  # tokens per weight pass in matmul_* (TS_NB in matvec.cu)
 
+
+def _registry() -> dict[str, KernelSpec]:
+    k = {
+        # norm.cu, rope.cu, act.cu
+        "rmsnorm": KernelSpec("norm.cu", "pppif"),
+        "add_rmsnorm": KernelSpec("norm.cu", "pppppif"),
+        "rope_neox": KernelSpec("rope.cu", "ppiiif"),
+        "geglu": KernelSpec("act.cu", "pppi"),
+        # matvec.cu
+        "tq_rotate_x": KernelSpec("matvec.cu", "ppi"),
+        # kv.cu, attn.cu
+        "kv_append": KernelSpec("kv.cu", "pppiiii"),
+        "attn_decode": KernelSpec("attn.cu", "pppppiiiiiiifi"),
+        "attn_reduce": KernelSpec("attn.cu", "pppiii"),
+        # sample.cu
+        "argmax_partial": KernelSpec("sample.cu", "pipp"),
+        "argmax_final": KernelSpec("sample.cu", "ppipp"),
+        "softmax": KernelSpec("sample.cu", "ppif"),
+        "topk": KernelSpec("sample.cu", "piipp"),
+        "gather_cluster_ids": KernelSpec("sample.cu", "ppiip"),
+        "fill_f32": KernelSpec("sample.cu", "pif"),
+        "scatter_f32": KernelSpec("sample.cu", "ppip"),
+    }
+    for t in WEIGHT_KERNEL_TYPES:
+        k[f"matvec_{t}"] = KernelSpec("matvec.cu", "pppii")
+        k[f"matmul_{t}"] = KernelSpec("matvec.cu", "pppiii")
+        k[f"matvec_rows_{t}"] = KernelSpec("matvec.cu", "ppppii")
+    return k
+
+
+# every kernel of cuda/*.cu by name (test_compile checks this against what nvcc and NVRTC build)
+KERNELS: dict[str, KernelSpec] = _registry()
 
 
 def cu_files() -> list[Path]:

@@ -170,6 +170,19 @@ def _f32(a: Any) -> Any:
     return xp.ascontiguousarray(a, dtype=xp.float32)
 
 
+def _need(a: Any, dtype: Any, what: str) -> None:
+    """Arrays a kernel writes in place must already have the kernel's layout (no silent copy)."""
+    if a.dtype != dtype or not a.flags.c_contiguous:
+        raise ValueError(f"{what} must be a C-contiguous {np.dtype(dtype).name} array, got {a.dtype} "
+                         f"{'contiguous' if a.flags.c_contiguous else 'strided'}")
+
+
+def _weight_bytes(wtype: str, rows: int, k: int) -> int:
+    qk, bs = {"q8_0": (32, 34), "q5_0": (32, 22), "q4_k": (256, 144), "q6_k": (256, 210), "tq3_1s": (32, 16),
+              "tq4_1s": (32, 20), "f16": (1, 2), "f32": (1, 4)}[wtype]
+    return rows * (k // qk) * bs
+
+
 # ------------------------------------------------------------------ ops: norms, rope, activation
 def rmsnorm(x: Any, w: Any, eps: float, out: Any = None, threads: int = 256) -> Any:
     """Row-wise RMSNorm over the last axis of ``x`` (any leading shape); per-head Q/K norm when
@@ -179,6 +192,7 @@ def rmsnorm(x: Any, w: Any, eps: float, out: Any = None, threads: int = 256) -> 
     if w.shape != (n,):
         raise ValueError(f"rmsnorm: weight shape {w.shape} does not match the last axis {n}")
     out = _xp(x).empty_like(x) if out is None else out
+    _need(out, np.float32, "rmsnorm out")
     rows = x.size // n
     if rows:
         launch("rmsnorm", (rows,), (threads,), (x, _f32(w), out, n, float(eps)))
@@ -189,10 +203,13 @@ def add_rmsnorm(x: Any, y: Any, w_post: Any, w_next: Any, eps: float, h: Any = N
                 threads: int = 256) -> Any:
     """x += rmsnorm(y) * w_post in place; returns h = rmsnorm(x) * w_next (None if w_next is None).
     Reference: reference.add_rmsnorm."""
+    _need(x, np.float32, "add_rmsnorm x (updated in place)")
     n = x.shape[-1]
     rows = x.size // n
     if w_next is not None and h is None:
         h = _xp(x).empty_like(x)
+    if h is not None:
+        _need(h, np.float32, "add_rmsnorm h")
     launch("add_rmsnorm", (rows,), (threads,),
            (x, _f32(y), _f32(w_post), None if w_next is None else _f32(w_next), h, n, float(eps)))
     return h
@@ -200,6 +217,7 @@ def add_rmsnorm(x: Any, y: Any, w_post: Any, w_next: Any, eps: float, h: Any = N
 
 def rope_neox(x: Any, positions: Any, base: float, n_rot: int | None = None) -> Any:
     """NEOX RoPE in place on x [n_tok, n_heads, head_dim]. Reference: reference.rope_neox."""
+    _need(x, np.float32, "rope_neox x (rotated in place)")
     n_tok, n_heads, head_dim = x.shape
     n_rot = head_dim if n_rot is None else n_rot
     pos = _xp(x).ascontiguousarray(positions, dtype=np.int32)
@@ -218,12 +236,16 @@ def geglu(gate: Any, up: Any, out: Any = None) -> Any:
 
 
 # ------------------------------------------------------------------ ops: quantized matvec / matmul
-def _check_weight(wtype: str, k: int) -> None:
+def _check_weight(wtype: str, k: int, w: Any = None, rows: int | None = None) -> None:
     if wtype not in WEIGHT_KERNEL_TYPES:
         raise ValueError(f"no CUDA matvec for weight type {wtype!r}; have {', '.join(WEIGHT_KERNEL_TYPES)}")
     qk = 256 if wtype in ("q4_k", "q6_k") else 32
     if k % qk:
         raise ValueError(f"{wtype}: K={k} is not a multiple of {qk}")
+    if w is not None:
+        _need(w, np.uint8, f"{wtype} weight (raw GGML bytes)")
+        if rows is not None and w.size != _weight_bytes(wtype, rows, k):
+            raise ValueError(f"{wtype} weight has {w.size} bytes, [{rows}, {k}] needs {_weight_bytes(wtype, rows, k)}")
 
 
 def _prep_x(wtype: str, x: Any) -> Any:
@@ -240,7 +262,9 @@ def matvec_rows(w: Any, wtype: str, ids: Any, x: Any, out: Any = None) -> Any:
     """y[i] = W[ids[i]] . x (gathered rows of a raw GGML weight). Reference: reference.matvec_rows."""
     x = _f32(x)
     k = x.shape[-1]
-    _check_weight(wtype, k)
+    _check_weight(wtype, k, w)
+    if w.size % _weight_bytes(wtype, 1, k):
+        raise ValueError(f"{wtype} weight of {w.size} bytes is not a whole number of rows of K={k}")
     xp = _xp(x)
     ids = xp.ascontiguousarray(ids, dtype=xp.int32)
     n = ids.size
@@ -260,7 +284,7 @@ def matmul(w: Any, wtype: str, x: Any, rows: int, out: Any = None) -> Any:
     """Y[T, rows] = X W^T for X [T, K] (or [K] -> matvec kernel). Reference: reference.matmul."""
     x = _f32(x)
     k = x.shape[-1]
-    _check_weight(wtype, k)
+    _check_weight(wtype, k, w, rows)
     xp = _xp(x)
     x = _prep_x(wtype, x)
     if x.ndim == 1:
@@ -289,13 +313,22 @@ def kv_append(x: Any, cache: Any, kvtype: str, pos0: int, eq: Any = None) -> Non
         raise ValueError(f"unknown cache type {kvtype!r}; have {', '.join(KV_TYPE_ID)}")
     if d % 128:
         raise ValueError(f"head_dim {d} is not a multiple of 128 (zero-pad it)")
-    if pos0 + n_tok > cache.shape[0]:
+    if pos0 < 0 or pos0 + n_tok > cache.shape[0]:
         raise ValueError(f"cache has {cache.shape[0]} cells, appending {n_tok} at {pos0}")
+    _need(cache, np.uint8, "KV cache")
+    if cache.shape[1:] != (n_heads, _kv_row_bytes(kvtype, d)):
+        raise ValueError(f"{kvtype} cache rows are {cache.shape[1:]}, need ({n_heads}, {_kv_row_bytes(kvtype, d)})")
     eqa = None if eq is None else _f32(eq)
     for t0 in range(0, n_tok, MAX_GRID_YZ):  # gridDim.z is at most 65535
         xs = x[t0:t0 + MAX_GRID_YZ]
         launch("kv_append", (d // 128, n_heads, xs.shape[0]), (128,),
                (xs, eqa, cache, KV_TYPE_ID[kvtype], pos0 + t0, n_heads, d))
+
+
+def _kv_row_bytes(kvtype: str, d: int) -> int:
+    qk, bs = {"f16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18), "turbo4": (128, 68), "turbo3": (128, 50),
+              "turbo2": (128, 34), "turbo4lm": (128, 68)}[kvtype]
+    return d // qk * bs
 
 
 ATT_D = 256
@@ -326,6 +359,14 @@ def attn_decode(q: Any, kc: Any, vc: Any, ktype: str, vtype: str, kv_start: int,
     q3 = q.reshape((1,) + q.shape) if single else q
     t, nq, d = q3.shape
     n_kv = kc.shape[1]
+    for c, ty, what in ((kc, ktype, "K"), (vc, vtype, "V")):
+        if ty not in KV_TYPE_ID:
+            raise ValueError(f"unknown cache type {ty!r}; have {', '.join(KV_TYPE_ID)}")
+        _need(c, np.uint8, f"{what} cache")
+        if c.ndim != 3 or c.shape[1:] != (n_kv, _kv_row_bytes(ty, d)) or c.shape[0] < kv_end + (
+                q.shape[0] if q.ndim == 3 else 1) - 1:
+            raise ValueError(f"{what} cache of shape {c.shape} does not hold {ty} rows of head_dim {d} up to "
+                             f"cell {kv_end}")
     if d != ATT_D:
         raise ValueError(f"attn_decode supports head_dim {ATT_D}, got {d}")
     if nq % n_kv or nq // n_kv > ATT_GMAX:

@@ -135,3 +135,14 @@ def test_tq_reference_matches_engine_and_quantizer(wtype, type_id):
     loader.matvec(w, wtype, x, rows, out=out)
     ref = R.matmul(w, wtype, x, rows)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_wrong_layouts_are_refused():
+    """Arrays the kernels write in place or read as raw bytes are checked, never reinterpreted."""
+    x = rng.standard_normal((2, 256)).astype(np.float32)
+    with pytest.raises(ValueError, match="float32"):
+        loader.rope_neox(x.reshape(2, 1, 256).astype(np.float64), np.zeros(2, np.int32), 1e4)
+    with pytest.raises(ValueError, match="bytes"):
+        loader.matvec(np.zeros(33, np.uint8), "q8_0", x[0], 1)
+    with pytest.raises(ValueError, match="uint8"):
+        loader.matvec(np.zeros(272, np.int8), "q8_0", x[0], 1)

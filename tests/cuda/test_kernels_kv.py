@@ -158,3 +158,15 @@ def test_attn_decode_window_matches_explicit_start():
     a = loader.attn_decode(q, kc, vc, "q8_0", "q8_0", 0, n_ctx, 1 / 16, window=10)
     exp = R.attn_decode(q, kc, vc, "q8_0", "q8_0", 1, n_ctx - 10, n_ctx, 1 / 16)
     np.testing.assert_allclose(a, exp, rtol=1e-4, atol=2e-5)
+
+
+def test_cache_shape_checked():
+    x = rng.standard_normal((1, 1, D)).astype(np.float32)
+    with pytest.raises(ValueError, match="cache rows"):
+        loader.kv_append(x, np.zeros((4, 1, 99), np.uint8), "turbo3", 0)
+    with pytest.raises(ValueError, match="cells"):
+        loader.kv_append(x, np.zeros((4, 1, 100), np.uint8), "turbo3", 4)
+    q = rng.standard_normal((4, D)).astype(np.float32)
+    with pytest.raises(ValueError, match="does not hold"):
+        loader.attn_decode(q, np.zeros((4, 1, 100), np.uint8), np.zeros((4, 1, 100), np.uint8), "turbo3", "f16",
+                           0, 4, 1.0)

@@ -1,0 +1,110 @@
+"""One Gemma-3-shaped decoder layer, decode step, composed from the kernels vs the same step from
+cuda/reference.py: checks that layouts compose (per-head norm -> RoPE -> KV append -> GQA
+attention with a sliding window -> o-proj -> fused residual/post-norm/pre-norm -> GeGLU FFN).
+Shapes are the default model's per-head shapes (4 Q heads, 1 KV head of 256) with a smaller
+width so the harness stays quick."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from turbospec.cuda import loader
+from turbospec.cuda import reference as R
+
+rng = np.random.default_rng()
+E, F, HD, NQ = 256, 512, 256, 4
+EPS = 1e-6
+
+
+def layer_weights() -> dict:
+    w = {n: rng.uniform(0.5, 1.5, d).astype(np.float32) for n, d in
+         [("attn_norm", E), ("q_norm", HD), ("k_norm", HD), ("post_attn", E), ("ffn_norm", E), ("post_ffw", E)]}
+    for n, t, rows, k in [("wq", "q8_0", NQ * HD, E), ("wk", "q8_0", HD, E), ("wv", "q5_0", HD, E),
+                          ("wo", "q5_0", E, NQ * HD), ("wg", "q8_0", F, E), ("wu", "tq4_1s", F, E),
+                          ("wd", "q4_k", E, F)]:
+        w[n] = (R.random_weight(rng, t, rows, k), t, rows)
+    return w
+
+
+def step(ops, w, x, kc, vc, kt, vt, pos, window, base):
+    """One decode step; ``ops`` is the loader (kernels) or the reference adaptor below."""
+    h = ops.rmsnorm(x, w["attn_norm"], EPS)
+    q = ops.matvec(*w["wq"][:2], h, w["wq"][2]).reshape(1, NQ, HD)
+    k = ops.matvec(*w["wk"][:2], h, w["wk"][2]).reshape(1, 1, HD)
+    v = ops.matvec(*w["wv"][:2], h, w["wv"][2]).reshape(1, 1, HD)
+    q = ops.rmsnorm(q, w["q_norm"], EPS)
+    k = ops.rmsnorm(k, w["k_norm"], EPS)
+    p = np.array([pos], np.int32)
+    q = ops.rope_neox(q, p, base)
+    k = ops.rope_neox(k, p, base)
+    ops.kv_append(k, kc, kt, pos)
+    ops.kv_append(v, vc, vt, pos)
+    a = ops.attn_decode(q[0], kc, vc, kt, vt, 0, pos + 1, 1 / 16, window=window)
+    o = ops.matvec(*w["wo"][:2], a.reshape(-1), w["wo"][2])
+    x, h2 = ops.add_rmsnorm(x, o, w["post_attn"], w["ffn_norm"], EPS)
+    g = ops.matvec(*w["wg"][:2], h2, w["wg"][2])
+    u = ops.matvec(*w["wu"][:2], h2, w["wu"][2])
+    d = ops.matvec(*w["wd"][:2], ops.geglu(g, u), w["wd"][2])
+    x, _ = ops.add_rmsnorm(x, d, w["post_ffw"], None, EPS)
+    return x
+
+
+class Kernels:
+    """The loader with value-returning wrappers for the in-place kernels."""
+
+    rmsnorm = staticmethod(loader.rmsnorm)
+    matvec = staticmethod(loader.matvec)
+    geglu = staticmethod(loader.geglu)
+    attn_decode = staticmethod(loader.attn_decode)
+    kv_append = staticmethod(loader.kv_append)
+
+    @staticmethod
+    def rope_neox(x, p, base):
+        x = np.ascontiguousarray(x, np.float32).copy()
+        return loader.rope_neox(x, p, base)
+
+    @staticmethod
+    def add_rmsnorm(x, y, wp, wn, eps):
+        x = x.copy()
+        h = loader.add_rmsnorm(x, y, wp, wn, eps)
+        return x, h
+
+
+class Reference:
+    rmsnorm = staticmethod(R.rmsnorm)
+    geglu = staticmethod(R.geglu)
+    rope_neox = staticmethod(R.rope_neox)
+    add_rmsnorm = staticmethod(R.add_rmsnorm)
+
+    @staticmethod
+    def matvec(w, t, x, rows):
+        return R.matmul(w, t, x, rows)
+
+    @staticmethod
+    def kv_append(x, cache, kvtype, pos):
+        cache[pos:pos + x.shape[0]] = R.kv_encode(x.reshape(-1, x.shape[-1]), kvtype).reshape(x.shape[0], 1, -1)
+
+    @staticmethod
+    def attn_decode(q, kc, vc, kt, vt, start, end, scale, window=0):
+        start = max(start, end - window) if window else start
+        return R.attn_decode(q, kc, vc, kt, vt, 1, start, end, scale)
+
+
+@pytest.mark.parametrize("kt,vt,tol", [("f16", "f16", 1e-5), ("q8_0", "turbo3", 1e-3)])
+def test_layer_decode_step(kt, vt, tol):
+    w = layer_weights()
+    n_ctx, pos, window = 40, 33, 16  # a sliding layer: 16-cell window
+    past_k = rng.standard_normal((pos, 1, HD)).astype(np.float32)
+    past_v = rng.standard_normal((pos, 1, HD)).astype(np.float32)
+    kc = np.full((n_ctx, 1, R.kv_row_bytes(kt, HD)), 0xFF, np.uint8)
+    vc = np.full((n_ctx, 1, R.kv_row_bytes(vt, HD)), 0xFF, np.uint8)
+    kc[:pos] = R.kv_encode(past_k.reshape(pos, HD), kt).reshape(pos, 1, -1)
+    vc[:pos] = R.kv_encode(past_v.reshape(pos, HD), vt).reshape(pos, 1, -1)
+    kc2, vc2 = kc.copy(), vc.copy()
+    x = rng.standard_normal((1, E)).astype(np.float32) * 4
+    got = step(Kernels, w, x, kc, vc, kt, vt, pos, window, 10000.0)
+    exp = step(Reference, w, x, kc2, vc2, kt, vt, pos, window, 10000.0)
+    assert (kc[pos + 1:] == 0xFF).all() and (vc[pos + 1:] == 0xFF).all()
+    err = np.linalg.norm(got - exp) / np.linalg.norm(exp)
+    assert err < tol, err

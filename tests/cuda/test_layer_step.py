@@ -1,4 +1,4 @@
-"""One Gemma-3-shaped decoder layer, decode step, composed from the kernels vs the same step from
+"""One Gemma-3-shaped decoder layer (decode step and a 5-token prefill) composed from the kernels vs the same step from
 cuda/reference.py: checks that layouts compose (per-head norm -> RoPE -> KV append -> GQA
 attention with a sliding window -> o-proj -> fused residual/post-norm/pre-norm -> GeGLU FFN).
 Shapes are the default model's per-head shapes (4 Q heads, 1 KV head of 256) with a smaller
@@ -28,20 +28,22 @@ def layer_weights() -> dict:
 
 
 def step(ops, w, x, kc, vc, kt, vt, pos, window, base):
-    """One decode step; ``ops`` is the loader (kernels) or the reference adaptor below."""
+    """T tokens at positions pos..pos+T-1 (x [T, E]; T = 1 is a decode step, T > 1 prefill);
+    ``ops`` is the loader (kernels) or the reference adaptor below."""
+    t = x.shape[0]
     h = ops.rmsnorm(x, w["attn_norm"], EPS)
-    q = ops.matvec(*w["wq"][:2], h, w["wq"][2]).reshape(1, NQ, HD)
-    k = ops.matvec(*w["wk"][:2], h, w["wk"][2]).reshape(1, 1, HD)
-    v = ops.matvec(*w["wv"][:2], h, w["wv"][2]).reshape(1, 1, HD)
+    q = ops.matvec(*w["wq"][:2], h, w["wq"][2]).reshape(t, NQ, HD)
+    k = ops.matvec(*w["wk"][:2], h, w["wk"][2]).reshape(t, 1, HD)
+    v = ops.matvec(*w["wv"][:2], h, w["wv"][2]).reshape(t, 1, HD)
     q = ops.rmsnorm(q, w["q_norm"], EPS)
     k = ops.rmsnorm(k, w["k_norm"], EPS)
-    p = np.array([pos], np.int32)
+    p = np.arange(pos, pos + t, dtype=np.int32)
     q = ops.rope_neox(q, p, base)
     k = ops.rope_neox(k, p, base)
     ops.kv_append(k, kc, kt, pos)
     ops.kv_append(v, vc, vt, pos)
-    a = ops.attn_decode(q[0], kc, vc, kt, vt, 0, pos + 1, 1 / 16, window=window)
-    o = ops.matvec(*w["wo"][:2], a.reshape(-1), w["wo"][2])
+    a = ops.attn_decode(q, kc, vc, kt, vt, 0, pos + 1, 1 / 16, window=window)
+    o = ops.matvec(*w["wo"][:2], a.reshape(t, -1), w["wo"][2])
     x, h2 = ops.add_rmsnorm(x, o, w["post_attn"], w["ffn_norm"], EPS)
     g = ops.matvec(*w["wg"][:2], h2, w["wg"][2])
     u = ops.matvec(*w["wu"][:2], h2, w["wu"][2])
@@ -87,12 +89,12 @@ class Reference:
 
     @staticmethod
     def attn_decode(q, kc, vc, kt, vt, start, end, scale, window=0):
-        start = max(start, end - window) if window else start
-        return R.attn_decode(q, kc, vc, kt, vt, 1, start, end, scale)
+        return R.attn_prefill(q, kc, vc, kt, vt, 1, start, end, scale, window=window)
 
 
-@pytest.mark.parametrize("kt,vt,tol", [("f16", "f16", 1e-5), ("q8_0", "turbo3", 1e-3)])
-def test_layer_decode_step(kt, vt, tol):
+@pytest.mark.parametrize("kt,vt,tol,t", [("f16", "f16", 1e-5, 1), ("q8_0", "turbo3", 1e-3, 1),
+                                         ("turbo4", "q4_0", 1e-3, 5)])
+def test_layer_step(kt, vt, tol, t):
     w = layer_weights()
     n_ctx, pos, window = 40, 33, 16  # a sliding layer: 16-cell window
     past_k = rng.standard_normal((pos, 1, HD)).astype(np.float32)
@@ -102,9 +104,9 @@ def test_layer_decode_step(kt, vt, tol):
     kc[:pos] = R.kv_encode(past_k.reshape(pos, HD), kt).reshape(pos, 1, -1)
     vc[:pos] = R.kv_encode(past_v.reshape(pos, HD), vt).reshape(pos, 1, -1)
     kc2, vc2 = kc.copy(), vc.copy()
-    x = rng.standard_normal((1, E)).astype(np.float32) * 4
+    x = rng.standard_normal((t, E)).astype(np.float32) * 4
     got = step(Kernels, w, x, kc, vc, kt, vt, pos, window, 10000.0)
     exp = step(Reference, w, x, kc2, vc2, kt, vt, pos, window, 10000.0)
-    assert (kc[pos + 1:] == 0xFF).all() and (vc[pos + 1:] == 0xFF).all()
+    assert (kc[pos + t:] == 0xFF).all() and (vc[pos + t:] == 0xFF).all()
     err = np.linalg.norm(got - exp) / np.linalg.norm(exp)
     assert err < tol, err

@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from turbospec.cuda import loader
 
 HERE = Path(__file__).resolve().parent

@@ -8,7 +8,6 @@ import random
 
 import orjson
 import pytest
-from turbospec.tui.synth import fork_accept, fork_draft, synth_lines
 
 from turbospec.errors import UserError
 from turbospec.trace import (
@@ -28,6 +27,7 @@ from turbospec.trace import (
     read_trace,
     trace_target_from_env,
 )
+from turbospec.tui.synth import fork_accept, fork_draft, synth_lines
 
 # ---------------------------------------------------------------------------------- writer
 

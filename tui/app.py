@@ -26,6 +26,7 @@ from turbospec.tui.model import DEFAULT_WINDOW_ROUNDS, DEFAULT_WINDOW_S, View, n
 from turbospec.tui.reader import TraceSource
 
 PATH_NAMES = ("sync", "lazy", "skip-streak", "skip-nsteps")
+CATCH_UP_REDRAW_S = 1.0  # while a trace's backlog is being read, redraw it at most once a second
 
 
 def fmt_rate(x: float | None) -> str:
@@ -200,7 +201,7 @@ class TracePanel(Vertical):
         if paused:
             st.append(" PAUSED ", style="reverse bold")
             st.append(" ")
-        st.append(f"{src.name}: {src.status}", style="dim")
+        st.append(f"{src.name}: {src.status}" + ("" if src.caught_up else " (reading backlog)"), style="dim")
         st.append(f" · {m['lines']} lines", style="dim")
         if m["ignored_lines"]:
             st.append(f" · {m['ignored_lines']} non-JSON ignored", style="dim")
@@ -262,6 +263,7 @@ class TopApp(App[int]):
         self._start_readers = start_readers
         self._theme_name = "textual-light" if theme == "light" else "textual-dark"
         self._views: dict[int, View] = {}
+        self._drawn: dict[int, float] = {}
 
     def compose(self) -> ComposeResult:
         with TabbedContent(id="tabs"):
@@ -306,7 +308,10 @@ class TopApp(App[int]):
     # -- refresh ------------------------------------------------------------------------------
 
     def current_index(self) -> int:
-        active = self.query_one("#tabs", TabbedContent).active
+        try:
+            active = self.query_one("#tabs", TabbedContent).active
+        except NoMatches:  # not composed yet, or shutting down
+            return 0
         try:
             return int(active.removeprefix("tab"))
         except ValueError:
@@ -325,14 +330,21 @@ class TopApp(App[int]):
         self.refreshes += 1
         self.last_refresh = time.monotonic()
         if self.compare:
-            self._refresh_compare()
+            try:
+                self._refresh_compare()
+            except NoMatches:
+                return
             self.dirty.clear()
             return
         # the current panel is rebuilt on every tick (cheap: a snapshot and O(buckets) sums), so
         # layout changes and the trace clock's window are always current
         i = self.current_index()
-        self.dirty.discard(i)
         s = self.sources[i]
+        now = time.monotonic()
+        if not force and not s.caught_up and now - self._drawn.get(i, 0.0) < CATCH_UP_REDRAW_S:
+            return  # reading the backlog: draw less often, leave the CPU to the reader thread
+        self._drawn[i] = now
+        self.dirty.discard(i)
         try:
             self.query_one(f"#panel{i}", TracePanel).show(self.view(s), self.paused)
         except NoMatches:  # the panel is not composed yet: the next tick draws it
@@ -439,6 +451,9 @@ def run_dashboard(
     stdin_tty = None
     stdin_fd: int | None = None
     if "-" in paths:
+        if os.isatty(0):
+            raise UserError("'-' reads a trace from a pipe, e.g. `LLAMA_MTP_ACC_TRACE=1 llama-server ... 2>&1 | "
+                            "turbospec top -`; give a file path to follow a file")
         # the pipe stays our data source (a dup of fd 0); Textual reads keys from the terminal
         try:
             stdin_tty = open("/dev/tty")  # noqa: SIM115

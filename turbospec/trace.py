@@ -478,20 +478,21 @@ class Aggregator:
                     continue
                 n_acc_ev += 1
                 t = o.get("t_us")
-                if type(t) is not int:
-                    t = None
-                else:
-                    clocked = True
-                    if t_first is None:
-                        t_first = t
-                    t_last = t
+                if t is not None:
+                    if type(t) is int:
+                        clocked = True
+                        if t_first is None:
+                            t_first = t
+                        t_last = t
+                    else:
+                        t = None
                 rounds += 1
                 n_acc += na
                 n_dr += nd
                 k = (nd, na)
                 pc[k] = pc.get(k, 0) + 1
                 ne = o.get("n_emitted")
-                if type(ne) is not int:
+                if ne is None or type(ne) is not int:
                     ne = na + 1
                 n_gen += ne
                 if last is not None and last[0] == o.get("iter"):
@@ -507,10 +508,11 @@ class Aggregator:
                     unpaired += 1
                 last = None
                 vu = o.get("verify_us")
-                tv = type(vu)
-                if tv is int or tv is float:
-                    v_sum += vu
-                    v_n += 1
+                if vu is not None:
+                    tv = type(vu)
+                    if tv is int or tv is float:
+                        v_sum += vu
+                        v_n += 1
                 if t is not None:
                     key = t // 1_000_000
                 elif clocked and cur is not None:
@@ -557,13 +559,14 @@ class Aggregator:
                 n_lines += 1
                 n_draft_ev += 1
                 t = o.get("t_us")
-                if type(t) is not int:
-                    t = None
-                else:
-                    clocked = True
-                    if t_first is None:
-                        t_first = t
-                    t_last = t
+                if t is not None:
+                    if type(t) is int:
+                        clocked = True
+                        if t_first is None:
+                            t_first = t
+                        t_last = t
+                    else:
+                        t = None
                 paths[path] = paths.get(path, 0) + 1
                 d_lines += 1
                 last = (o.get("iter"), len(drafts), path)
@@ -571,10 +574,11 @@ class Aggregator:
                 if type(ns) is int and ns > 0:
                     block = ns + 1
                 du = o.get("draft_us")
-                tv = type(du)
-                if tv is int or tv is float:
-                    d_sum += du
-                    d_n += 1
+                if du is not None:
+                    tv = type(du)
+                    if tv is int or tv is float:
+                        d_sum += du
+                        d_n += 1
                 h = o.get("h_l2")
                 tv = type(h)
                 if tv is int or tv is float:

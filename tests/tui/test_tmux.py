@@ -71,3 +71,25 @@ def test_top_in_tmux_follows_appended_file(tmp_path):
             raise AssertionError("turbospec top did not quit on 'q'")
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_top_reads_a_pipe_in_tmux(tmp_path):
+    """`... 2>&1 | turbospec top -`: stderr chatter is ignored, keys still work (the terminal is reopened)."""
+    part1 = tmp_path / "p1.txt"
+    part2 = tmp_path / "p2.txt"
+    lines = list(synth_lines(60, fmt="fork", noise_every=4, seed=5))
+    part1.write_text("\n".join(lines[:40]) + "\n")
+    part2.write_text("\n".join(lines[40:]) + "\n")
+    session = f"ts-pipe-{uuid.uuid4().hex[:8]}"
+    producer = f"(cat {shlex.quote(str(part1))}; sleep 1; cat {shlex.quote(str(part2))}; sleep 30)"
+    cmd = (f"{producer} | env TURBOSPEC_CONFIG_DIR={shlex.quote(str(tmp_path / 'config'))} TERM=xterm-256color "
+           f"{shlex.quote(sys.executable)} -m turbospec.cli top -")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", cmd], check=True)
+    try:
+        screen = _wait_screen(session, "rounds 60")
+        assert "non-JSON ignored" in screen and "malformed lines 0" in screen
+        assert "decode tok/s (from arrival time)" in screen
+        subprocess.run(["tmux", "send-keys", "-t", session, "space"], check=True)
+        _wait_screen(session, "PAUSED")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

@@ -300,6 +300,7 @@ def open_trace(args, model, choice, cfg):
     w = TraceWriter.open(target)
     from turbospec.engine.weights import file_sha256
 
+    spec_name = getattr(args, "spec", "none") or "none"
     w.run_start(
         schema="turbospec.trace/1",
         model=str(model.gguf.path.name),
@@ -308,10 +309,10 @@ def open_trace(args, model, choice, cfg):
         device=choice.device,
         type_k=cfg.kv.type_k,
         type_v=cfg.kv.type_v,
-        spec=getattr(args, "spec", "none") or "none",
-        draft_block_size=getattr(args, "draft_block_size", None),
-        draft_max=getattr(args, "draft_max", None),
-        pipeline_depth=getattr(args, "pipeline_depth", None),
+        spec=spec_name,
+        draft_block_size=getattr(args, "draft_block_size", None) if spec_name != "none" else None,
+        draft_max=getattr(args, "draft_max", None) if spec_name != "none" else None,
+        pipeline_depth=getattr(args, "pipeline_depth", None) if spec_name != "none" else None,
         n_ctx=cfg.n_ctx,
         n_threads=args.threads,
         temp=cfg.sampling.temp,

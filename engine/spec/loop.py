@@ -120,6 +120,7 @@ class SpecStats:
             "tau": 1.0 + self.n_accepted / self.rounds if self.rounds else None,
             "per_position": ps,
             "conditional": alphas,
+            "pair_counts": dict(self.pair_counts),
             "rounds": self.rounds,
             "n_accepted": self.n_accepted,
             "n_drafted": self.n_drafted,
@@ -157,11 +158,12 @@ def generate_spec(
     tr = trace if trace is not None and trace.enabled else None
     stats = SpecStats()
     skipper = SkipStreak(spec.skip_streak)
-    drafter.begin(sess, prompt_ids)  # drains anything from a previous prompt before the KV is rewritten
+    drafter.cancel()  # drain anything from a previous prompt before the KV is rewritten
 
     t0 = time.perf_counter()
     logits = sess.prefill(prompt_ids)
     prefill_s = time.perf_counter() - t0
+    drafter.begin(sess, prompt_ids)
     if tr is not None:
         tr.prefill(n_tokens=len(prompt_ids), us=int(prefill_s * 1e6))
     out: list[int] = []

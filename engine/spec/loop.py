@@ -95,8 +95,8 @@ class SpecStats:
     rounds: int = 0
     n_accepted: int = 0
     n_drafted: int = 0
-    skip_rounds: int = 0
-    empty_rounds: int = 0  # the drafter had nothing to propose
+    skip_rounds: int = 0  # draft lines with no drafts: skip-streak, skip-nsteps, empty proposals
+    empty_rounds: int = 0  # the drafter had nothing to propose (counted in skip_rounds too)
     lazy_rounds: int = 0
     pair_counts: dict[tuple[int, int], int] = field(default_factory=dict)  # (n_drafted, n_accepted)
     draft_us: int = 0
@@ -234,8 +234,9 @@ def generate_spec(
                                  drafter=drafter.name, draft_us=0)
             if not drafts:
                 # one plain token: verification of zero drafts
-                if skip is None:
+                if skip is None:  # the drafter had nothing: a skip for the trace's readers too
                     stats.empty_rounds += 1
+                    stats.skip_rounds += 1
                 drafter.cancel()
                 logits = sess.step([rnd.id_last])
                 steps += 1

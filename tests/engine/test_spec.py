@@ -374,8 +374,9 @@ def test_trace_skip_streak_iter_and_path(models, tmp_path, depth):
     assert sum(o["evt"] == "mtp_accept" for o in body) == res.spec["rounds"]
 
 
-def test_cli_run_trace_replay_recomputes_every_aggregate(models, tiny_gguf, tmp_path, monkeypatch, capsys):
-    """`turbospec run --spec draft --trace` then turbospec.trace recomputes what the run printed."""
+@pytest.mark.parametrize("spec", ["draft", "ngram"])
+def test_cli_run_trace_replay_recomputes_every_aggregate(models, tiny_gguf, tmp_path, monkeypatch, capsys, spec):
+    """`turbospec run --spec X --trace` then turbospec.trace recomputes what the run printed."""
     import shutil
 
     import turbospec.engine.loader as loader
@@ -396,7 +397,7 @@ def test_cli_run_trace_replay_recomputes_every_aggregate(models, tiny_gguf, tmp_
     monkeypatch.setenv("LLAMA_MTP_SKIP_STREAK_THRESHOLD", "2")
     p = tmp_path / "run.ndjson"
     rc = main(["run", "-m", str(tiny_gguf), "-p", PROMPT, "-n", "48", "--ignore-eos", "--backend", "numpy",
-               "--spec", "draft", "--model-draft", str(draft_path), "--draft-block-size", "4",
+               "--spec", spec, "--model-draft", str(draft_path), "--draft-block-size", "4",
                "--trace", str(p), "--json"])
     assert rc == 0
     cap = capsys.readouterr()
@@ -404,12 +405,13 @@ def test_cli_run_trace_replay_recomputes_every_aggregate(models, tiny_gguf, tmp_
     assert d["tokens"] == run(target, tok, n=48).tokens
     m = compute_metrics(aggregate_file(p))
     assert m["malformed_lines"] == 0 and m["unpaired_accepts"] == 0 and m["draft_len_mismatch"] == 0
-    assert m["runs"] == 1 and m["header"]["spec"] == "draft" and m["header"]["pipeline_depth"] == 2
+    assert m["runs"] == 1 and m["header"]["spec"] == spec and m["header"]["pipeline_depth"] == 2
     assert m["rounds"] == d["rounds"] and m["n_accepted"] == d["n_accepted"] and m["n_drafted"] == d["n_drafted"]
     assert m["skip_rounds"] == d["skip_rounds"] > 0
     assert m["draft_acceptance_rate"] == pytest.approx(d["draft_acceptance_rate"], abs=1e-12)
     assert m["tau"] == pytest.approx(d["tau"], abs=1e-12)
-    assert m["per_position"] == pytest.approx(d["per_position"], abs=1e-12)
+    assert m["paths"].get("lazy", 0) == d["lazy_rounds"] > 0
+    assert m["per_position"] == d["per_position"] and len(d["per_position"]) == 3
     assert m["n_prompt"] == d["n_prompt"]
     assert m["n_gen"] == d["n_gen"] - 1  # the first token comes from the prefill's logits
     assert m["prefill_tok_s"] == pytest.approx(d["prefill_tok_s"], rel=2e-3)

@@ -32,8 +32,9 @@ async def _loaded(pilot):
         if all(s.caught_up for s in app.sources):
             break
         await pilot.pause(0.05)
-    app.refresh_view(force=True)
-    await pilot.pause(0.2)
+    for _ in range(2):  # the second draw sees the final layout (box widths)
+        app.refresh_view(force=True)
+        await pilot.pause(0.2)
     app.paused = True  # freeze: no more timer refreshes while the snapshot is taken
 
 

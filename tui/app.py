@@ -118,7 +118,7 @@ class TracePanel(Vertical):
             hdr = f"fork trace (no run header) · B={m['block_size'] or '?'}"
         self.query_one(".hdr", Static).update(Text(hdr, overflow="ellipsis", no_wrap=True))
 
-        def triple(box: str, t: Any, fmt: Any, spark: list[float], extra: str = "") -> None:
+        def triple(box: str, name: str, t: Any, fmt: Any, spark: list[float], note: str = "") -> None:
             txt = Text()
             txt.append(f"{fmt(t.window)}", style="bold")
             txt.append(" now  ", style="dim")
@@ -127,15 +127,15 @@ class TracePanel(Vertical):
             txt.append(f"{fmt(t.peak)}", style="bold")
             txt.append(" peak", style="dim")
             w = self.query_one(f"#{box}", MetricBox)
-            if extra:
-                w.border_title = extra
+            w.border_title = f"{name} {fmt(t.window)}"  # asitop-style: the live value in the title
+            w.border_subtitle = f"{note} · {wlabel} window" if note else f"{wlabel} window"
             w.query_one(".values", Static).update(txt)
             w.query_one(Sparkline).data = spark
 
-        triple("acc", v.acceptance, fmt_pct, v.spark_acceptance)
-        triple("tau", v.tau, fmt_tau, v.spark_tau)
-        clock_note = "decode tok/s (trace clock)" if v.clocked else "decode tok/s (from arrival time)"
-        triple("dec", v.decode, fmt_rate, v.spark_decode, clock_note)
+        triple("acc", "draft acceptance rate", v.acceptance, fmt_pct, v.spark_acceptance)
+        triple("tau", "acceptance length τ", v.tau, fmt_tau, v.spark_tau)
+        triple("dec", "decode tok/s", v.decode, fmt_rate, v.spark_decode,
+               "trace clock" if v.clocked else "from arrival time")
         hl = m["h_l2"]
         hbox = self.query_one("#hl2", MetricBox)
         htxt = Text()

@@ -132,7 +132,7 @@ def test_missing_file_waits_then_appears(tmp_path, config_dir):
             await wait_for(pilot, lambda: "rounds 30" in _text(app, "#panel0 .misc"))
             assert "malformed lines" in _text(app, "#panel0 .misc")
             assert app.sources[0].agg.malformed_lines > 0
-            assert "arrival time" in app.query_one("#dec").border_title
+            assert "arrival time" in app.query_one("#dec").border_subtitle
 
     asyncio.run(run())
 
@@ -160,3 +160,27 @@ def test_make_sources_errors(tmp_path):
         make_sources([str(tmp_path / "none.ndjson")], replay=True)
     with pytest.raises(UserError, match="once"):
         make_sources(["-", "-"])
+
+
+def test_fork_trace_live_rate_from_arrival_time(tmp_path, config_dir):
+    """Clock-less fork lines that arrive live get a decode tok/s from their arrival times."""
+    p = tmp_path / "fork.ndjson"
+    lines = list(synth_lines(60, fmt="fork", seed=8))
+    p.write_text("\n".join(lines[:20]) + "\n")
+
+    async def run():
+        app = _app([p], refresh_hz=20)
+        async with app.run_test(size=(80, 24)) as pilot:
+            src = app.sources[0]
+            await wait_for(pilot, lambda: src.caught_up)
+            assert app.view(src).decode.run is None  # the backlog has no arrival times
+            for i in range(20, 60, 10):
+                with p.open("a") as f:
+                    f.write("\n".join(lines[i : i + 10]) + "\n")
+                await pilot.pause(0.15)
+            await wait_for(pilot, lambda: src.agg.lines == 60)
+            v = app.view(src)
+            assert v.decode.run is not None and v.decode.run > 0 and not v.clocked
+            assert "from arrival time" in app.query_one("#dec").border_subtitle
+
+    asyncio.run(run())

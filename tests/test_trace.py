@@ -366,3 +366,17 @@ def test_tailer_pipe_mode_ignores_chatter():
     m = agg.snapshot()
     assert m["ignored_lines"] == 1 and m["malformed_lines"] == 1 and m["rounds"] == 1 and m["unknown_events"] == 1
     os.close(r)
+
+
+def test_tailer_overlong_line_is_bounded(tmp_path):
+    p = tmp_path / "t.ndjson"
+    p.write_bytes(b'{"a":1}\n{"junk":"' + b"x" * 5000)
+    t = Tailer(str(p), max_line=1000, max_bytes=700)
+    got: list[bytes] = []
+    for _ in range(50):
+        got += t.poll()
+    assert got[0] == b'{"a":1}' and len(got) == 2 and len(got[1]) == 64 and parse_line(got[1]) is None
+    with p.open("ab") as f:
+        f.write(b'xxx"}\n{"b":2}\n')
+    got = t.poll() + t.poll()
+    assert got == [b'{"b":2}']  # the tail of the overlong line was skipped

@@ -1211,7 +1211,7 @@ class Tailer:
     standard input (a pipe): ``poll()`` waits at most ``timeout`` seconds for data.
     """
 
-    def __init__(self, path: str, *, max_bytes: int = 1 << 22, stdin_fd: int | None = None):
+    def __init__(self, path: str, *, max_bytes: int = 1 << 22, stdin_fd: int | None = None, max_line: int = 1 << 20):
         self.path = path
         self.pipe = path == "-"
         self.max_bytes = max_bytes
@@ -1219,6 +1219,8 @@ class Tailer:
         self._ino: tuple[int, int] | None = None
         self._pos = 0
         self._partial = b""
+        self._skip_to_nl = False
+        self.max_line = max_line
         self._fd = (sys.stdin.fileno() if stdin_fd is None else stdin_fd) if self.pipe else None
         self.truncations = 0
         self.rotations = 0
@@ -1241,14 +1243,25 @@ class Tailer:
             return False
         st = os.fstat(fh.fileno())
         self._fh, self._ino, self._pos, self._partial = fh, (st.st_dev, st.st_ino), 0, b""
+        self._skip_to_nl = False
         self.status = "following"
         return True
 
     def _split(self, data: bytes) -> list[bytes]:
         if not data:
             return []
+        if self._skip_to_nl:  # the rest of an overlong line
+            nl = data.find(b"\n")
+            if nl < 0:
+                return []
+            data, self._skip_to_nl = data[nl + 1 :], False
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
+        if len(self._partial) > self.max_line:
+            # a line longer than any trace line: keep memory bounded, report its head (it will not
+            # parse: counted as malformed, or ignored in a pipe when it is not JSON) and skip the rest
+            lines.append(self._partial[:64])
+            self._partial, self._skip_to_nl = b"", True
         return lines
 
     def poll(self, timeout: float = 0.0) -> list[bytes]:
@@ -1268,7 +1281,7 @@ class Tailer:
         if same and st is not None and st.st_size < self._pos:
             self.truncations += 1
             fh.seek(0)
-            self._pos, self._partial = 0, b""
+            self._pos, self._partial, self._skip_to_nl = 0, b"", False
         data = fh.read(self.max_bytes)
         self._pos += len(data)
         out = self._split(data)

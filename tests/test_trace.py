@@ -380,3 +380,17 @@ def test_tailer_overlong_line_is_bounded(tmp_path):
         f.write(b'xxx"}\n{"b":2}\n')
     got = t.poll() + t.poll()
     assert got == [b'{"b":2}']  # the tail of the overlong line was skipped
+
+
+def test_writer_accepts_numpy_scalars(tmp_path):
+    np = pytest.importorskip("numpy")
+    p = tmp_path / "np.ndjson"
+    with TraceWriter.open(str(p), run_id="n") as w:
+        w.mtp_draft(np.int64(3), "sync", 0, np.int32(5), -1, np.int64(9), 2, np.float32(1.5), np.array([1, 2]),
+                    draft_us=np.int64(7))
+        w.mtp_accept(np.int64(3), np.int64(1), 2, verify_us=np.float64(10.5), pos=np.int32(4))
+        w.run_end(status="ok", tau=np.float64(2.5), draft_acceptance_rate=None)
+    d, a, e = (json.loads(x) for x in _lines(p))
+    assert d["drafts"] == [1, 2] and d["h_l2"] == 1.5 and d["draft_us"] == 7
+    assert a["verify_us"] == 10.5 and a["pos"] == 4 and e["tau"] == 2.5 and e["draft_acceptance_rate"] is None
+    assert '"h_l2":1.5000,' in p.read_text()

@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
     top.add_argument("--window", type=_positive, default=None,
                      help="window length: seconds (default 10), or rounds for clock-less traces (default 100)")
     top.add_argument("--theme", choices=("dark", "light"), default="dark")
-    top.add_argument("--refresh", type=_positive, default=4.0, help="screen refreshes per second (default 4)")
+    top.add_argument("--refresh", type=_positive, default=5.0, help="screen refreshes per second (default 5)")
     top.set_defaults(func=cmd_top)
 
     st = sub.add_parser(

@@ -263,6 +263,7 @@ class TopApp(App[int]):
         self._theme_name = "textual-light" if theme == "light" else "textual-dark"
         self._views: dict[int, View] = {}
         self._drawn: dict[int, float] = {}
+        self._n_drawn: dict[int, int] = {}
 
     def compose(self) -> ComposeResult:
         with TabbedContent(id="tabs"):
@@ -278,6 +279,7 @@ class TopApp(App[int]):
     def on_resize(self, event: Any) -> None:
         self.screen.set_class(event.size.height >= 40, "-tall")
         self.dirty.update(s.index for s in self.sources)
+        self._n_drawn.clear()  # redraw twice with the new widths
 
     def on_mount(self) -> None:
         self.theme = self._theme_name
@@ -327,6 +329,8 @@ class TopApp(App[int]):
         if self.paused and not force:
             return
         if self.compare:
+            if not force and not self.dirty:
+                return
             try:
                 self._refresh_compare()
             except NoMatches:
@@ -334,14 +338,17 @@ class TopApp(App[int]):
             self.dirty.clear()
             self.refreshes += 1
             return
-        # the current panel is rebuilt on every tick (cheap: a snapshot and O(buckets) sums), so
-        # layout changes and the trace clock's window are always current
+        # the current panel is rebuilt when its trace got lines (or on a resize, a key ...); the
+        # first draws are repeated once so that widths measured after layout are used
         i = self.current_index()
         s = self.sources[i]
         now = time.monotonic()
+        if not force and i not in self.dirty and self._n_drawn.get(i, 0) >= 2:
+            return  # nothing new: an idle dashboard costs no CPU
         if not force and not s.caught_up and now - self._drawn.get(i, 0.0) < CATCH_UP_REDRAW_S:
             return  # reading the backlog: draw less often, leave the CPU to the reader thread
         self._drawn[i] = now
+        self._n_drawn[i] = self._n_drawn.get(i, 0) + 1
         self.dirty.discard(i)
         try:
             self.query_one(f"#panel{i}", TracePanel).show(self.view(s), self.paused)

@@ -158,7 +158,9 @@ def make_drafter(args, model, tok, kv, n_ctx: int):
         return DraftModelDrafter.load(args.model_draft, tok.tokens, storage=args.weights, kv=kv, n_ctx=n_ctx), spec
     try:
         from turbospec.engine.spec.mtp import MTPDrafter
-    except ImportError:
+    except ModuleNotFoundError as e:
+        if e.name not in ("turbospec.engine.spec.mtp", "engine.spec.mtp"):
+            raise
         raise UserError(
             "--spec mtp is not available in this build (turbospec.engine.spec.mtp is missing); "
             "use --spec ngram or --spec draft"

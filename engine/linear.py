@@ -21,6 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+# Batches of up to this many tokens are multiplied one token at a time (matrix-vector products
+# on the same cached tile), so a token's result is bit-identical whether it is decoded alone or
+# verified among drafts: BLAS's matrix-matrix kernels sum in another order than its
+# matrix-vector kernel, and with a quantized KV cache that last-bit difference can flip a code
+# and then a greedy token. The tile cast dominates, so the per-token products cost little.
+ROW_LOOP_MAX = 32
+
 _POOL: ThreadPoolExecutor | None = None
 _POOL_N = 0
 _N_WORKERS: int | None = None
@@ -46,6 +53,15 @@ def _pool() -> ThreadPoolExecutor:
         _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="turbospec-linear")
         _POOL_N = n
     return _POOL
+
+
+def _product(w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    """out = x @ w.T; token by token (matrix-vector) for small batches, see ROW_LOOP_MAX."""
+    if x.shape[0] <= ROW_LOOP_MAX:
+        for r in range(x.shape[0]):
+            np.matmul(w, x[r], out=out[r])
+    else:
+        np.matmul(x, w.T, out=out)
 
 
 def _parallel_rows(fn, x: np.ndarray, n_out: int, tile: int) -> np.ndarray:
@@ -78,11 +94,14 @@ class Dense:
         return int(self.w.nbytes)
 
     def _range(self, x: np.ndarray, out: np.ndarray, r0: int, r1: int) -> None:
-        np.matmul(x, self.w[r0:r1].T, out=out[:, r0:r1])
+        _product(self.w[r0:r1], x, out[:, r0:r1])
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         if self.w.size < self.MIN_PARALLEL:
-            return x @ self.w.T
+            x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+            out = np.empty((x2.shape[0], self.w.shape[0]), np.float32)
+            _product(self.w, x2, out)
+            return out.reshape(*x.shape[:-1], self.w.shape[0])
         return _parallel_rows(self._range, x, self.w.shape[0], 64)
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
@@ -129,7 +148,7 @@ class RowInt16:
             b = min(a + tile, r1)
             t = buf[: b - a]
             np.copyto(t, self.q[a:b], casting="unsafe")
-            np.matmul(x, t.T, out=out[:, a:b])
+            _product(t, x, out[:, a:b])
         np.multiply(out[:, r0:r1], self.s[r0:r1], out=out[:, r0:r1])
 
     def apply(self, x: np.ndarray) -> np.ndarray:

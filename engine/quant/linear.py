@@ -150,9 +150,19 @@ class TQLinear:
         return np.ascontiguousarray(out_t.T).reshape(*lead, n_out)
 
     def _range(self, xr_t: np.ndarray, out_t: np.ndarray, r0: int, r1: int) -> None:
+        from turbospec.engine.linear import ROW_LOOP_MAX
+
+        n_tok = xr_t.shape[1]
         for a in range(r0, r1, self.tile_rows):
             b = min(r1, a + self.tile_rows)
-            np.matmul(self._decode_tile(a, b), xr_t, out=out_t[a:b])  # the tile is scratch only
+            tile = self._decode_tile(a, b)  # scratch only
+            if n_tok <= ROW_LOOP_MAX:
+                # one matrix-vector product per token: a token's result does not depend on the
+                # batch it came in (decode == verification, bit for bit)
+                for r in range(n_tok):
+                    np.matmul(tile, np.ascontiguousarray(xr_t[:, r]), out=out_t[a:b, r])
+            else:
+                np.matmul(tile, xr_t, out=out_t[a:b])
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """float32 [len(idx), in]: the selected rows dequantized (an embedding lookup)."""

@@ -14,12 +14,19 @@ at position p when ``pos <= p`` and, on sliding layers, ``p - pos < window``
 
 Turbo types work in the rotated domain: Q is rotated once per step (scores <Rq, Rk> = <q, k>),
 attention runs over rotated V, and the output is rotated back. K channel equalization
-(``equalize``) stores K ⊙ s and scores with Q ⊙ (1/s).
+(``equalize``) stores K ⊙ s and scores with Q ⊙ (1/s) (engine/kv/equalize.compute_scales).
+
+Beyond one codec pair (engine/kv/recipes.py builds these): ``KVConfig.layer_types`` gives
+some layers another (K, V) pair (the fork protects the first and last layers), and
+``k_outliers`` keeps the top-k rms channels of K (chosen per layer from the first tokens,
+like the equalization scales) beside the quantized K as f16; they are zeroed before the K
+codec and scored exactly (the query's outlier channels are zeroed in the codec part, so the
+codec's noise on them does not count). Every byte of them is in ``bytes_per_token``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -67,19 +74,51 @@ class KVConfig:
     type_k: str = "f16"
     type_v: str = "f16"
     equalize: float = 0.0  # K channel equalization strength; 0 = off
-    equalize_tokens: int = 64
+    # calibration tokens (equalization scales, outlier channels): the first batch's first N. 64
+    # (DESIGN.md's example) misleads on the default model — RoPE has not yet moved the slow
+    # pairs' energy, so q4_0+eq got worse than q4_0 — 512 matches the float64 reference
+    equalize_tokens: int = 512
     slack: int = 32  # extra ring cells on sliding layers for rolling back drafts
+    # per-layer (K type, V type) overrides; a negative key counts from the last layer (-1 = last)
+    layer_types: dict[int, tuple[str, str]] = field(default_factory=dict)
+    # calibrate on NEOX RoPE pairs (c, c + head_dim/2) pooled: RoPE moves a pair's energy between
+    # its two channels with position, so the first tokens alone mislead per-channel statistics
+    # (measured on the default model: helps q4_0 with 64 tokens, hurts turbo; off by default)
+    rope_pairs: bool = False
+    k_outliers: int = 0  # top-rms K channels per layer kept in f16 beside a quantized K; 0 = off
+    recipe: str = ""  # the recipe this config was built from (display only)
+
+    def types_for(self, layer: int, n_layer: int) -> tuple[str, str]:
+        """The (K, V) cache types of one layer."""
+        for key, pair in self.layer_types.items():
+            if key == layer or (key < 0 and key + n_layer == layer):
+                return pair
+        return self.type_k, self.type_v
+
+    def describe(self) -> str:
+        """A short label: 'q8_0/turbo3', plus equalization, outliers and per-layer overrides."""
+        s = self.recipe or f"{self.type_k}/{self.type_v}"
+        if self.recipe:
+            return s
+        if self.equalize:
+            s += f" eq{self.equalize:g}"
+        if self.k_outliers:
+            s += f" +{self.k_outliers}ch f16"
+        for key, (tk, tv) in sorted(self.layer_types.items()):
+            s += f" L{key}:{tk}/{tv}"
+        return s
 
 
 class LayerKV:
-    def __init__(self, layer: int, n_head_kv: int, head_dim: int, sliding: bool, window: int, cfg: KVConfig):
+    def __init__(self, layer: int, n_head_kv: int, head_dim: int, sliding: bool, window: int, cfg: KVConfig,
+                 type_k: str | None = None, type_v: str | None = None):
         self.layer = layer
         self.n_head_kv = n_head_kv
         self.head_dim = head_dim
         self.sliding = sliding
         self.window = window
-        self.ck = get_codec(cfg.type_k)
-        self.cv = get_codec(cfg.type_v)
+        self.ck = get_codec(type_k or cfg.type_k)
+        self.cv = get_codec(type_v or cfg.type_v)
         self.dk = -(-head_dim // self.ck.block) * self.ck.block
         self.dv = -(-head_dim // self.cv.block) * self.cv.block
         self.kbytes = self.dk // self.ck.block * self.ck.type_size
@@ -89,14 +128,21 @@ class LayerKV:
         self.v = np.zeros((self.cap, n_head_kv, self.vbytes), np.uint8)
         self.pos = np.full(self.cap, -1, np.int64)
         self.n = 0  # cells in use (global: slots 0..n-1; sliding: filled slots of the ring)
-        self.eq_strength = cfg.equalize if self.ck.name != "f16" else 0.0
+        quantized = self.ck.name != "f16"
+        self.eq_strength = cfg.equalize if quantized else 0.0
         self.eq_tokens = cfg.equalize_tokens
+        self.rope_pairs = cfg.rope_pairs and head_dim % 2 == 0
         self.eq_scale: np.ndarray | None = None  # s (head_dim,), K is stored as K * s
+        self.n_out = min(int(cfg.k_outliers), head_dim) if quantized else 0
+        if cfg.k_outliers < 0:
+            raise UserError(f"k_outliers {cfg.k_outliers} is negative; use 0 (off) or a channel count")
+        self.out_idx: np.ndarray | None = None  # the outlier channels (n_out,), chosen from the first tokens
+        self.ko = np.zeros((self.cap, n_head_kv, self.n_out), np.float16)  # their K values (equalized)
 
     # -- bookkeeping ------------------------------------------------------------------------
     @property
     def bytes_per_token(self) -> int:
-        return self.n_head_kv * (self.kbytes + self.vbytes)
+        return self.n_head_kv * (self.kbytes + self.vbytes + 2 * self.n_out)
 
     @property
     def nbytes(self) -> int:
@@ -105,12 +151,13 @@ class LayerKV:
 
     @property
     def nbytes_allocated(self) -> int:
-        return int(self.k.nbytes + self.v.nbytes)
+        return int(self.k.nbytes + self.v.nbytes + self.ko.nbytes)
 
     def clear(self) -> None:
         self.pos[:] = -1
         self.n = 0
         self.eq_scale = None
+        self.out_idx = None
 
     def truncate(self, n_past: int) -> None:
         """Forget every cell at position >= n_past (rejected drafts, a new prompt)."""
@@ -130,8 +177,9 @@ class LayerKV:
         k = np.zeros((cap, self.n_head_kv, self.kbytes), np.uint8)
         v = np.zeros((cap, self.n_head_kv, self.vbytes), np.uint8)
         pos = np.full(cap, -1, np.int64)
-        k[: self.cap], v[: self.cap], pos[: self.cap] = self.k, self.v, self.pos
-        self.k, self.v, self.pos, self.cap = k, v, pos, cap
+        ko = np.zeros((cap, self.n_head_kv, self.n_out), np.float16)
+        k[: self.cap], v[: self.cap], pos[: self.cap], ko[: self.cap] = self.k, self.v, self.pos, self.ko
+        self.k, self.v, self.pos, self.ko, self.cap = k, v, pos, ko, cap
 
     # -- codec helpers ----------------------------------------------------------------------
     def _pad(self, x: np.ndarray, d: int) -> np.ndarray:
@@ -150,27 +198,52 @@ class LayerKV:
                 "the model produced garbage; check the model file and the input tokens"
             )
 
-    def _equalize_from(self, k: np.ndarray) -> None:
-        """K channel equalization scales from the first tokens' K (DESIGN.md)."""
-        x = k.reshape(-1, k.shape[-1])[: self.eq_tokens * self.n_head_kv]
-        rms = np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=0))
-        rms = np.where(rms > 0, rms, 1.0)
-        self.eq_scale = ((rms.mean() / rms) ** self.eq_strength).astype(np.float32)
+    def _calibrate(self, k: np.ndarray) -> None:
+        """Equalization scales and outlier channels from the first batch's K (DESIGN.md):
+        its first ``equalize_tokens`` tokens (engine/kv/equalize.compute_scales)."""
+        from turbospec.engine.kv.equalize import compute_scales
 
-    def encode(self, k: np.ndarray, v: np.ndarray, qpos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """float K, V (T, n_head_kv, head_dim) -> packed cells (T, n_head_kv, bytes)."""
+        x = k.reshape(-1, k.shape[-1])[: self.eq_tokens * self.n_head_kv]
+        if self.rope_pairs:
+            x = np.concatenate([x, np.roll(x, self.head_dim // 2, axis=-1)])
+        if self.eq_strength:
+            self.eq_scale = compute_scales(x, self.eq_strength)
+        if self.n_out:
+            rms = np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=0))
+            self.out_idx = np.sort(np.argsort(-rms, kind="stable")[: self.n_out])
+
+    def encode(self, k: np.ndarray, v: np.ndarray, qpos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """float K, V (T, n_head_kv, head_dim) -> packed K, packed V (T, n_head_kv, bytes), outliers."""
+        from turbospec.engine.kv.codecs import CodecInputError
+
         self._check_finite(k, "K", qpos)
         self._check_finite(v, "V", qpos)
-        if self.eq_strength and self.eq_scale is None:
-            self._equalize_from(k)
+        if (self.eq_strength and self.eq_scale is None) or (self.n_out and self.out_idx is None):
+            self._calibrate(k)
         if self.eq_scale is not None:
             k = k * self.eq_scale
-        return self.ck.encode(self._pad(k, self.dk)), self.cv.encode(self._pad(v, self.dv))
+        ko = np.zeros(k.shape[:-1] + (0,), np.float16)
+        if self.out_idx is not None:
+            ko = k[..., self.out_idx].astype(np.float16)
+            k = k.copy()
+            k[..., self.out_idx] = 0
+        out = []
+        for what, codec, x, d in (("K", self.ck, k, self.dk), ("V", self.cv, v, self.dv)):
+            try:
+                out.append(codec.encode(self._pad(x, d)))
+            except CodecInputError as e:
+                raise UserError(
+                    f"{what} at layer {self.layer}, position {int(qpos[e.index[0]])} does not fit cache type "
+                    f"{codec.name} ({e}); use -ct{what.lower()} f16 or check the model"
+                ) from None
+        return out[0], out[1], ko
 
-    def write(self, kp: np.ndarray, vp: np.ndarray, qpos: np.ndarray) -> None:
+    def write(self, kp: np.ndarray, vp: np.ndarray, qpos: np.ndarray, ko: np.ndarray | None = None) -> None:
+        if ko is None:
+            ko = np.zeros(kp.shape[:2] + (self.n_out,), np.float16)
         if self.sliding:
             if len(qpos) > self.cap:  # only the last `cap` positions can stay in the ring
-                kp, vp, qpos = kp[-self.cap :], vp[-self.cap :], qpos[-self.cap :]
+                kp, vp, ko, qpos = kp[-self.cap :], vp[-self.cap :], ko[-self.cap :], qpos[-self.cap :]
             slots = qpos % self.cap
         else:
             end = int(qpos[-1]) + 1
@@ -179,6 +252,7 @@ class LayerKV:
             self.n = max(self.n, end)
         self.k[slots] = kp
         self.v[slots] = vp
+        self.ko[slots] = ko
         self.pos[slots] = qpos
 
     # -- attention --------------------------------------------------------------------------
@@ -209,11 +283,16 @@ class LayerKV:
         T, n_head, hd = q.shape
         g = n_head // self.n_head_kv
         q = q.astype(np.float32, copy=False)
-        new_k = new_v = None
+        new_k = new_v = new_o = None
         if k_new is not None:
-            new_k, new_v = self.encode(k_new, v_new, qpos)
+            new_k, new_v, new_o = self.encode(k_new, v_new, qpos)
         if self.eq_scale is not None:
             q = q / self.eq_scale
+        qo = None
+        if self.out_idx is not None:
+            qo = q[..., self.out_idx]
+            q = q.copy()
+            q[..., self.out_idx] = 0
         qd = self._pad(q, self.dk)
         if self.ck.rotated:
             qd = self.ck.rotate(qd)
@@ -227,21 +306,28 @@ class LayerKV:
         sl = self._visible_slots(lo, hi)
         kc = self.k[sl]
         vc = self.v[sl]
+        oc = self.ko[sl] if qo is not None else None
         kpos = self.pos[sl]
         if new_k is not None:
             kc = np.concatenate([kc, new_k], axis=0) if len(kc) else new_k
             vc = np.concatenate([vc, new_v], axis=0) if len(vc) else new_v
+            if oc is not None:
+                oc = np.concatenate([oc, new_o], axis=0) if len(oc) else new_o
             kpos = np.concatenate([kpos, qpos.astype(np.int64)])
-        out = self._attend_cells(qd, qpos, kc, vc, kpos, scale, g, max_pos if k_new is None else None)
+        out = self._attend_cells(qd, qpos, kc, vc, kpos, scale, g, max_pos if k_new is None else None, qo, oc)
         if self.cv.rotated:
             out = self.cv.unrotate(out)
         out = out[..., :hd]
         if new_k is not None:
-            self.write(new_k, new_v, qpos)
+            self.write(new_k, new_v, qpos, new_o)
         return out
 
-    def _attend_cells(self, qd, qpos, kc, vc, kpos, scale, g, max_pos) -> np.ndarray:
-        """Masked softmax attention over packed cells, tile by tile (online softmax)."""
+    def _attend_cells(self, qd, qpos, kc, vc, kpos, scale, g, max_pos, qo=None, oc=None) -> np.ndarray:
+        """Masked softmax attention over packed cells, tile by tile (online softmax).
+
+        qo (T, n_head, n_out) / oc (cells, n_head_kv, n_out): the outlier channels' queries and
+        f16 keys, scored exactly and added to the codec part's scores.
+        """
         T = qd.shape[0]
         hkv = self.n_head_kv
         n = kc.shape[0]
@@ -250,6 +336,9 @@ class LayerKV:
         m = np.full((hkv, T * g, 1), -np.inf, np.float32)
         s_sum = np.zeros((hkv, T * g, 1), np.float32)
         acc = np.zeros((hkv, T * g, self.dv), np.float32)
+        if qo is not None:
+            no = qo.shape[-1]
+            qog = qo.reshape(T, hkv, g, no).transpose(1, 0, 2, 3).reshape(hkv, T * g, no) * np.float32(scale)
         qp = qpos.astype(np.int64)[:, None]
         if max_pos is not None:
             qp = np.minimum(qp, max_pos)
@@ -264,6 +353,8 @@ class LayerKV:
             bias = np.where(vis, np.float32(0), np.float32(-np.inf))  # (T, tile)
             bias = np.repeat(bias, g, axis=0)[None]  # (1, T*g, tile)
             s = np.matmul(qg, kt.transpose(1, 2, 0)) + bias  # (hkv, T*g, tile)
+            if qo is not None:
+                s += np.matmul(qog, oc[a:b].astype(np.float32).transpose(1, 2, 0))
             m_new = np.maximum(m, s.max(axis=-1, keepdims=True))
             m_safe = np.where(np.isfinite(m_new), m_new, 0)
             p = np.exp(s - m_safe)
@@ -281,7 +372,13 @@ class KVCache:
     def __init__(self, n_layer: int, n_head_kv: int, head_dim: int, sliding: list[bool], window: int,
                  cfg: KVConfig | None = None):
         self.cfg = cfg or KVConfig()
-        self.layers = [LayerKV(i, n_head_kv, head_dim, sliding[i], window, self.cfg) for i in range(n_layer)]
+        for key in self.cfg.layer_types:
+            if not -n_layer <= key < n_layer:
+                raise UserError(f"per-layer cache type for layer {key}, but the model has {n_layer} layers")
+        self.layers = [
+            LayerKV(i, n_head_kv, head_dim, sliding[i], window, self.cfg, *self.cfg.types_for(i, n_layer))
+            for i in range(n_layer)
+        ]
         self.n_past = 0
 
     def clear(self) -> None:

@@ -268,3 +268,14 @@ def test_recipe_args_apply():
                  ["--kv-protect-layers", "0", "--kv-protect-type", "q9"]):
         with pytest.raises(UserError):
             apply_recipe_args(p.parse_args(argv), KVConfig())
+
+
+@pytest.mark.parametrize("rows", [1, 8, 300])
+def test_rotate_small_matches_butterfly(rows):
+    """The matmul rotation used for decode-sized inputs = the codec's butterfly (the reference)."""
+    rng = np.random.default_rng()
+    c = get_codec("turbo3")
+    x = rng.standard_normal((rows, 256)).astype(np.float32)
+    np.testing.assert_allclose(kvcache.rotate_small(x, c), c.rotate(x), atol=2e-6)
+    np.testing.assert_allclose(kvcache.rotate_small(x, c, inverse=True), c.unrotate(x), atol=2e-6)
+    np.testing.assert_allclose(kvcache.rotate_small(kvcache.rotate_small(x, c), c, inverse=True), x, atol=2e-6)

@@ -1,0 +1,336 @@
+"""The MTP assistant on the tiny target: GGUF round trip, validation lines, the one-step forward
+against a float64 reference, the centroid head against the dense head, read-only KV use, and
+the drafter inside the speculative loop (greedy output identical to plain decoding)."""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from turbospec.engine.generate import GenConfig, Session, generate
+from turbospec.engine.kv.cache import KVConfig
+from turbospec.engine.loader import load_model, load_tokenizer
+from turbospec.engine.models.gemma4_assistant import (
+    AssistantConfig,
+    Gemma4Assistant,
+    expected_shapes,
+    write_assistant_gguf,
+)
+from turbospec.engine.spec.base import Round
+from turbospec.engine.spec.loop import SpecConfig
+from turbospec.engine.spec.mtp import MTPDrafter
+from turbospec.errors import UserError
+
+PROMPT = "the cat is on the mat and the dog is on the mat and the cat"
+
+
+def tiny_assistant_config(target, **kw) -> AssistantConfig:
+    c = target.cfg
+    base = dict(
+        n_layer=2, n_embd=48, n_ff=80, n_head=2 * c.n_head_kv, head_dim=c.head_dim, n_vocab=c.n_vocab,
+        n_embd_backbone=c.n_embd, eps=c.eps, rope_base=c.rope_base, rope_base_swa=c.rope_base_swa,
+        window=c.window, sliding=[True, False], n_centroids=8, centroid_top_k=3, requires_target_arch="gemma3",
+    )
+    base.update(kw)
+    return AssistantConfig(**base)
+
+
+def random_tensors(cfg: AssistantConfig, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    t = {}
+    for name, shape in expected_shapes(cfg).items():
+        if len(shape) == 1:
+            t[name] = (1.0 + 0.2 * rng.standard_normal(shape)).astype(np.float32)
+        else:
+            t[name] = (rng.standard_normal(shape) / math.sqrt(shape[1])).astype(np.float32)
+    if "token_embd.weight" in t:
+        t["token_embd.weight"] *= 3.0
+    return t, rng.permutation(cfg.n_vocab).astype(np.int32)
+
+
+def write_random(path: Path, target, tokens: list[str], seed: int = 0, qtype: str = "f32", **kw) -> Path:
+    cfg = tiny_assistant_config(target, **kw)
+    t, order = random_tensors(cfg, seed)
+    return write_assistant_gguf(path, cfg, t, order, tokens, qtype=qtype)
+
+
+@pytest.fixture(scope="module")
+def target(tiny_gguf):
+    from turbospec.engine.backend import set_threads
+
+    set_threads(0)
+    m = load_model(tiny_gguf, storage="f32", quiet=True)
+    return m, load_tokenizer(m)
+
+
+def prefilled(model, tok, kv: KVConfig | None = None, text: str = PROMPT) -> Session:
+    s = Session(model, kv)
+    s.prefill(tok.encode(text, add_bos=True))
+    return s
+
+
+# -- the file --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("qtype", ["f32", "f16", "q8_0"])
+def test_gguf_round_trip(target, tmp_path, qtype):
+    model, tok = target
+    cfg = tiny_assistant_config(model, n_embd=64)  # rows of 64: q8_0 applies to every matrix
+    t, order = random_tensors(cfg, 3)
+    p = write_assistant_gguf(tmp_path / "a.gguf", cfg, t, order, tok.tokens, qtype=qtype)
+    a = Gemma4Assistant.load(p)
+    a.validate(model, tok.tokens)
+    assert a.cfg == cfg
+    assert a.src == [1, 2]  # the tiny target: layers 0, 1 sliding, 2 global
+    np.testing.assert_array_equal(a.token_ordering, order)
+    tol = {"f32": 0, "f16": 1e-3, "q8_0": 2e-2}[qtype]
+    for name in expected_shapes(cfg):
+        got = {"token_embd.weight": a.token_embd, "mtp.pre_projection.weight": a.pre_projection}.get(name)
+        if got is not None:
+            np.testing.assert_allclose(got, t[name], atol=tol * np.abs(t[name]).max() + 1e-7)
+    np.testing.assert_allclose(a.blk[1].ffn_down, t["blk.1.ffn_down.weight"],
+                               atol=tol * np.abs(t["blk.1.ffn_down.weight"]).max() + 1e-7)
+    r = gguf.GGUFReader(str(p))
+    assert r.get_tensor(len(r.tensors) - 1).name == "mtp.token_ordering.weight"
+    assert r.get_tensor(len(r.tensors) - 1).tensor_type == gguf.GGMLQuantizationType.I32
+
+
+def _raw_writer(path: Path, target, tokens, cfg: AssistantConfig, *, arch="gemma4_assistant",
+                order=None, order_dtype=np.int32, drop=(), keys=None) -> Path:
+    """A hand-written assistant GGUF, to break one thing at a time."""
+    t, default_order = random_tensors(cfg, 1)
+    w = gguf.GGUFWriter(str(path), arch)
+    a = arch
+    kv = {
+        "block_count": cfg.n_layer, "embedding_length": cfg.n_embd, "feed_forward_length": cfg.n_ff,
+        "attention.head_count": cfg.n_head, "attention.key_length": cfg.head_dim,
+        "n_embd_backbone": cfg.n_embd_backbone, "n_centroids": cfg.n_centroids,
+        "centroid_top_k": cfg.centroid_top_k,
+    }
+    kv.update(keys or {})
+    for k, v in kv.items():
+        w.add_uint32(f"{a}.{k}", v)
+    w.add_string(f"{a}.requires_target_arch", cfg.requires_target_arch)
+    w.add_array(f"{a}.attention.sliding_window_pattern", cfg.sliding)
+    w.add_token_list(tokens)
+    for name, arr in t.items():
+        if name not in drop:
+            w.add_tensor(name, arr)
+    if "mtp.token_ordering.weight" not in drop:
+        w.add_tensor("mtp.token_ordering.weight", np.asarray(default_order if order is None else order, order_dtype))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def _load_line(p: Path, model, tokens) -> str:
+    with pytest.raises(UserError) as ei:
+        a = Gemma4Assistant.load(p)
+        a.validate(model, tokens)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_validation_failures_one_line_each(target, tmp_path):
+    model, tok = target
+    toks = list(tok.tokens)
+    cfg = tiny_assistant_config(model)
+    ok = _raw_writer(tmp_path / "ok.gguf", model, toks, cfg)
+    Gemma4Assistant.load(ok).validate(model, toks)  # the control: the same writer, nothing broken
+
+    cases = {
+        "architecture": (dict(arch="llama"), "general.architecture is 'llama'"),
+        "backbone": (dict(cfg=replace(cfg, n_embd_backbone=32)), "n_embd_backbone 32 != the target's n_embd 64"),
+        "arch_target": (dict(cfg=replace(cfg, requires_target_arch="gemma4")),
+                        "built for target architecture 'gemma4'"),
+        "divisible": (dict(cfg=replace(cfg, n_centroids=7, centroid_top_k=2)), "not divisible by n_centroids 7"),
+        "ordering_len": (dict(order=np.arange(cfg.n_vocab - 1)), "token_ordering has 383 entries"),
+        "ordering_type": (dict(order_dtype=np.float32), "expected I32"),
+        "ordering_perm": (dict(order=np.zeros(cfg.n_vocab)), "not a permutation"),
+        "missing": (dict(drop=("blk.1.ffn_up.weight",)), "missing tensor 'blk.1.ffn_up.weight'"),
+        "heads": (dict(cfg=replace(cfg, head_dim=16)), "cannot attend over the target's KV"),
+    }
+    for key, (kw, want) in cases.items():
+        c = kw.pop("cfg", cfg)
+        p = _raw_writer(tmp_path / f"{key}.gguf", model, toks, c, **kw)
+        msg = _load_line(p, model, toks)
+        assert want in msg, (key, msg)
+    # vocabulary: size, then text from id 5 on (ids < 5 may differ)
+    p = _raw_writer(tmp_path / "vsize.gguf", model, toks[:-8], replace(cfg, n_vocab=cfg.n_vocab - 8, n_centroids=8))
+    assert "vocabulary of 376 tokens, the target has 384" in _load_line(p, model, toks)
+    bad = list(toks)
+    bad[300] = "▁zebra"
+    p = _raw_writer(tmp_path / "vtext.gguf", model, bad, cfg)
+    assert "token 300 is '▁zebra'" in _load_line(p, model, toks)
+    specials = list(toks)
+    specials[3] = "<other>"
+    p = _raw_writer(tmp_path / "vspecial.gguf", model, specials, cfg)
+    Gemma4Assistant.load(p).validate(model, toks)
+    assert "MTP head not found" in _load_line(tmp_path / "nope.gguf", model, toks)
+
+
+# -- the forward -------------------------------------------------------------------------------------
+
+
+class Ref64:
+    """Float64 one-step reference from gguf-py's dequantization and the cache's raw f16 cells."""
+
+    def __init__(self, path: Path, target_path: Path, cfg: AssistantConfig):
+        self.c = cfg
+        r = gguf.GGUFReader(str(path))
+        self.t = {}
+        for t in r.tensors:
+            shape = tuple(int(x) for x in reversed(t.shape))
+            if t.tensor_type == gguf.GGMLQuantizationType.I32:
+                self.t[t.name] = np.asarray(t.data).reshape(-1).astype(np.int64)
+            else:
+                self.t[t.name] = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float64).reshape(shape)
+        rt = gguf.GGUFReader(str(target_path))
+        e = [t for t in rt.tensors if t.name == "token_embd.weight"][0]
+        self.E = gguf.quants.dequantize(e.data, e.tensor_type).astype(np.float64).reshape(-1, cfg.n_embd_backbone)
+
+    def rms(self, x, w):
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.c.eps) * w
+
+    def rope(self, x, p, base):
+        d = x.shape[-1]
+        out = x.copy()
+        for i in range(d // 2):
+            th = p * base ** (-2.0 * i / d)
+            out[..., i] = x[..., i] * math.cos(th) - x[..., i + d // 2] * math.sin(th)
+            out[..., i + d // 2] = x[..., i + d // 2] * math.cos(th) + x[..., i] * math.sin(th)
+        return out
+
+    def step(self, layers, token, h_prev, attn_pos, k, src):
+        c, t = self.c, self.t
+        pos = attn_pos + 1 + k
+        x = t["mtp.pre_projection.weight"] @ np.concatenate([self.E[token] * math.sqrt(c.n_embd_backbone), h_prev])
+        for i in range(c.n_layer):
+            p = f"blk.{i}."
+            lay = layers[src[i]]
+            h = self.rms(x, t[p + "attn_norm.weight"])
+            q = self.rms((t[p + "attn_q.weight"] @ h).reshape(c.n_head, c.head_dim), t[p + "attn_q_norm.weight"])
+            q = self.rope(q, pos, c.rope_base_swa if c.sliding[i] else c.rope_base)
+            cells = [j for j in range(lay.cap) if 0 <= lay.pos[j] <= attn_pos
+                     and (not lay.sliding or pos - lay.pos[j] < lay.window)]
+            K = lay.k[cells].view(np.float16).astype(np.float64)  # (n, n_kv, hd)
+            V = lay.v[cells].view(np.float16).astype(np.float64)
+            g = c.n_head // K.shape[1]
+            o = np.zeros((c.n_head, c.head_dim))
+            for hh in range(c.n_head):
+                s = K[:, hh // g] @ q[hh] / math.sqrt(c.head_dim)
+                pr = np.exp(s - s.max())
+                o[hh] = (pr / pr.sum()) @ V[:, hh // g]
+            x = x + self.rms(t[p + "attn_output.weight"] @ o.reshape(-1), t[p + "post_attention_norm.weight"])
+            h = self.rms(x, t[p + "ffn_norm.weight"])
+            gt = t[p + "ffn_gate.weight"] @ h
+            gelu = 0.5 * gt * (1 + np.tanh(math.sqrt(2 / math.pi) * (gt + 0.044715 * gt**3)))
+            x = x + self.rms(t[p + "ffn_down.weight"] @ (gelu * (t[p + "ffn_up.weight"] @ h)),
+                             t[p + "post_ffw_norm.weight"])
+        h_inner = self.rms(x, t["output_norm.weight"])
+        return h_inner, t["mtp.post_projection.weight"] @ h_inner
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_one_step_matches_float64_reference(target, tiny_gguf, tmp_path, k):
+    model, tok = target
+    p = write_random(tmp_path / "a.gguf", model, tok.tokens, seed=5)
+    a = Gemma4Assistant.load(p)
+    a.validate(model, tok.tokens)
+    ref = Ref64(p, tiny_gguf, a.cfg)
+    s = prefilled(model, tok)  # 14+ tokens: longer than the window (8), so the sliding mask matters
+    attn_pos = s.n_past - 3
+    rng = np.random.default_rng(k)
+    h_prev = s.hidden[attn_pos] if k == 0 else rng.standard_normal(model.cfg.n_embd).astype(np.float32)
+    token = 300 + k
+    h_in, h_next = a.step(model, s.cache, token, h_prev, attn_pos, k)
+    r_in, r_next = ref.step(s.cache.layers, token, h_prev.astype(np.float64), attn_pos, k, a.src)
+    np.testing.assert_allclose(h_in, r_in, rtol=1e-4, atol=1e-4 * np.abs(r_in).max())
+    np.testing.assert_allclose(h_next, r_next, rtol=1e-4, atol=1e-4 * np.abs(r_next).max())
+    dense = a.dense_logits(h_in, model)
+    np.testing.assert_allclose(dense, ref.t["token_embd.weight"] @ r_in, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("emb", ["own", "ordered", "target"])
+def test_centroid_head_equals_dense_when_top_k_covers_all(target, tmp_path, emb):
+    model, tok = target
+    kw = {"own": {}, "ordered": {"use_ordered_embeddings": True},
+          "target": {"use_target_embeddings": True, "n_embd": model.cfg.n_embd}}[emb]
+    a = Gemma4Assistant.load(write_random(tmp_path / "a.gguf", model, tok.tokens, seed=9, **kw))
+    a.validate(model, tok.tokens)
+    rng = np.random.default_rng(0)
+    agree_partial = 0
+    for _ in range(20):
+        h = rng.standard_normal(a.cfg.n_embd).astype(np.float32)
+        d = a.dense_logits(h, model)
+        full = a.routed_logits(h, model, top_k=a.cfg.n_centroids)
+        np.testing.assert_allclose(full, d, rtol=1e-5, atol=1e-4)
+        assert int(np.argmax(full)) == int(np.argmax(d))
+        part = a.routed_logits(h, model)  # top 3 of 8 clusters: only 3 x 48 tokens scored
+        assert np.count_nonzero(part > -1e29) == 3 * (a.cfg.n_vocab // 8)
+        agree_partial += int(np.argmax(part)) == int(np.argmax(d))
+    assert agree_partial < 20  # random centroids route elsewhere sometimes: the routed head is really routed
+
+
+def test_draft_reads_only_cells_up_to_attn_pos(target, tmp_path):
+    model, tok = target
+    a = Gemma4Assistant.load(write_random(tmp_path / "a.gguf", model, tok.tokens, seed=2))
+    a.validate(model, tok.tokens)
+    s = prefilled(model, tok)
+    attn_pos = s.n_past - 4  # the last 3 cells play rejected drafts, not yet truncated
+    h_prev = s.hidden[attn_pos]
+    rng = np.random.default_rng(1)
+    before = a.draft(model, s.cache, 300, h_prev, attn_pos, 4)
+    h_before = a.step(model, s.cache, 300, h_prev, attn_pos, 1)[0]
+    for lay in s.cache.layers:
+        later = lay.pos > attn_pos
+        assert later.any()
+        lay.k[later] = rng.integers(0, 255, lay.k[later].shape, dtype=np.uint8) & 0x3B  # finite f16
+        lay.v[later] = rng.integers(0, 255, lay.v[later].shape, dtype=np.uint8) & 0x3B
+    assert a.draft(model, s.cache, 300, h_prev, attn_pos, 4) == before
+    np.testing.assert_array_equal(a.step(model, s.cache, 300, h_prev, attn_pos, 1)[0], h_before)
+    # the control: changing a cell <= attn_pos does change the state
+    lay = s.cache.layers[a.src[1]]
+    j = int(np.nonzero(lay.pos == attn_pos)[0][0])
+    lay.v[j] = rng.integers(0, 255, lay.v[j].shape, dtype=np.uint8) & 0x3B
+    assert not np.array_equal(a.step(model, s.cache, 300, h_prev, attn_pos, 1)[0], h_before)
+
+
+@pytest.mark.parametrize("kv", [KVConfig(), KVConfig(type_k="q8_0", type_v="turbo3")], ids=["f16", "q8_0-turbo3"])
+def test_drafter_in_the_loop_is_exact_and_lazy(target, tmp_path, kv):
+    model, tok = target
+    d = MTPDrafter.load(write_random(tmp_path / "a.gguf", model, tok.tokens, seed=4), model, tok)
+    ids = tok.encode(PROMPT, add_bos=True)
+    cfg = GenConfig(n_predict=24, ignore_eos=True, kv=kv)
+    plain = generate(model, tok, ids, cfg)
+    try:
+        res = generate(model, tok, ids, cfg, drafter=d, spec=SpecConfig(block_size=4, pipeline_depth=2))
+    finally:
+        d.close()
+    assert res.tokens == plain.tokens
+    assert res.spec["lazy_rounds"] > 0  # depth 2: the next round's draft was prepared and awaited
+    # propose() straight: a Round built by hand drafts n_steps tokens and is reproducible
+    s = prefilled(model, tok, kv)
+    d.begin(s, ids)
+    rnd = Round(0, 300, s.n_past - 1, -1, s.hidden[-1], 3, list(ids) + [300])
+    p1 = d.propose(rnd, threading.Event())
+    assert len(p1.tokens) == 3 and p1.tokens == d.propose(rnd, threading.Event()).tokens
+    assert p1.extra["h_l2"] == pytest.approx(float(np.linalg.norm(s.hidden[-1].astype(np.float64))))
+
+
+def test_shipped_head_missing_is_one_line(target, monkeypatch):
+    import turbospec.engine.spec.mtp as mtp
+
+    model, tok = target
+    monkeypatch.setattr(mtp, "shipped_head_path", lambda: None)
+    with pytest.raises(UserError, match="train-assistant"):
+        MTPDrafter.load(None, model, tok)

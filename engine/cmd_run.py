@@ -1,4 +1,4 @@
-"""`turbospec run`, `ppl`, `demo` and `cache`: the engine's everyday commands."""
+"""`turbospec run`, `ppl` and `cache`: the engine's everyday commands."""
 
 from __future__ import annotations
 
@@ -8,9 +8,6 @@ import sys
 from pathlib import Path
 
 from turbospec.errors import UserError
-
-DEMO_PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
-
 
 # -- shared options ------------------------------------------------------------------------------
 
@@ -106,6 +103,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="write an NDJSON trace (like LLAMA_MTP_ACC_TRACE: '1' = stderr, else a path appended to)",
     )
+    p.add_argument("--tui", action="store_true",
+                   help="show the live dashboard for this run (the engine runs in a child process writing the trace)")
     add_spec_args(p)
 
 
@@ -168,12 +167,32 @@ def make_drafter(args, model, tok, kv, n_ctx: int):
     return MTPDrafter.load(args.mtp_head, model, tok), spec
 
 
+def _argv_without(argv: list[str], flags: set[str], with_value: set[str]) -> list[str]:
+    """The run's own arguments (after `run`), minus the given flags (and the values of ``with_value``)."""
+    rest = argv[argv.index("run") + 1 :] if "run" in argv else list(argv)
+    out, skip = [], False
+    for a in rest:
+        if skip:
+            skip = False
+            continue
+        if a in flags or a.split("=", 1)[0] in with_value:
+            skip = a in with_value
+            continue
+        out.append(a)
+    return out
+
+
 def cmd_run(args) -> int:
     from turbospec.engine.generate import GenConfig, chat_prompt, generate
     from turbospec.engine.sampling import SamplingConfig
 
     if args.n_predict < 0:
         raise UserError(f"-n {args.n_predict} is negative; pass the number of tokens to generate")
+    if getattr(args, "tui", False):
+        from turbospec.engine.cmd_live import run_tui
+
+        return run_tui(_argv_without(getattr(args, "_argv", None) or sys.argv[1:], {"--tui", "--json"}, {"--trace"}),
+                       args.trace)
     text = read_prompt(args)
     human = sys.stderr if args.json else sys.stdout
     model, tok, choice = setup_engine(args)
@@ -417,14 +436,7 @@ def cmd_ppl(args) -> int:
     return 0
 
 
-# -- demo and cache ------------------------------------------------------------------------------
-
-
-def cmd_demo(args) -> int:
-    argv = ["-p", DEMO_PROMPT, "-n", str(args.n_predict), "--chat"]
-    ns = build_run_parser().parse_args(argv)
-    ns.model = args.model
-    return cmd_run(ns)
+# -- cache ------------------------------------------------------------------------------------
 
 
 def build_run_parser() -> argparse.ArgumentParser:
@@ -478,11 +490,6 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
     add_model_args(p)
     p.set_defaults(func=cmd_ppl)
-
-    p = sub.add_parser("demo", help="the README's main job: a generation on the default model")
-    p.add_argument("-m", "--model", default=None)
-    p.add_argument("-n", "--n-predict", type=int, default=96)
-    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("cache", help="show or clear the weight cache (TURBOSPEC_CACHE_DIR moves it)")
     p.add_argument("action", nargs="?", default="info", choices=["info", "clear"])

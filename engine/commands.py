@@ -6,7 +6,8 @@ from __future__ import annotations
 import importlib
 
 FEATURE_MODULES = [
-    "turbospec.engine.cmd_run",  # demo, run, ppl, cache
+    "turbospec.engine.cmd_run",  # run, ppl, cache
+    "turbospec.engine.cmd_live",  # demo, run --tui
     "turbospec.engine.cmd_quant_stats",  # quant-stats (KV codecs)
     "turbospec.engine.cmd_quantize",  # quantize (TQ3_1S / TQ4_1S weights)
     "turbospec.engine.cmd_sweep",  # sweep

@@ -16,6 +16,9 @@
 // (turbo V: the output is rotated back by attn_reduce).
 // Out: o_part [n_split, T, n_q_heads, 256] un-normalised sums, ml_part [n_split, T, n_q_heads, 2]
 // (running max, sum of exp) per split.
+// end_dev: null, or a device int whose value replaces kv_end; then kv_start (moved up by the window)
+// and chunk are derived here from it and gridDim.x = n_split (a CUDA graph of the decode step reads
+// the position from memory; splits past the end write empty partials).
 // grid = (n_split, n_kv_heads, T), block = 128 (4 warps; a warp owns one cell at a time, a lane
 // 8 of the 256 dims, all G Q heads at once so each K/V row is read once per query).
 // Napkin per layer and token of context: K + V row bytes (f16 1024, q8_0 544, q4_0 288,
@@ -26,12 +29,17 @@
 extern "C" __global__ void __launch_bounds__(128)
 attn_decode(const float* __restrict__ q, const u8* __restrict__ kc, const u8* __restrict__ vc,
             float* __restrict__ o_part, float* __restrict__ ml_part, int ktype, int vtype, int n_kv_heads,
-            int G, int kv_start, int kv_end, int chunk, float scale, int window) {
+            int G, int kv_start, int kv_end, int chunk, float scale, int window, const int* __restrict__ end_dev) {
   __shared__ float sq[ATT_GMAX * ATT_D];
   __shared__ float sacc[ATT_WARPS][ATT_GMAX][ATT_D];
   __shared__ float sml[ATT_WARPS][ATT_GMAX][2];
   __shared__ float sbook[2][16];  // K and V codebooks (turbo types)
   const int split = blockIdx.x, hk = blockIdx.y, qt = blockIdx.z, nqt = gridDim.z;
+  if (end_dev != nullptr) {
+    kv_end = end_dev[0];
+    if (window > 0) kv_start = max(kv_start, kv_end - window);
+    chunk = max(1, (kv_end + nqt - 1 - kv_start + (int)gridDim.x - 1) / (int)gridDim.x);
+  }
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int nq = n_kv_heads * G;
   const int q_end = kv_end + qt;

@@ -14,7 +14,8 @@
 // per group — a launch-bound kernel, fused into the step by the graph.
 extern "C" __global__ void __launch_bounds__(128)
 kv_append(const float* __restrict__ x, const float* __restrict__ eq, u8* __restrict__ cache, int type,
-          int pos0, int n_heads, int D) {
+          int pos0, int n_heads, int D, const int* __restrict__ pos_dev) {
+  if (pos_dev != nullptr) pos0 = pos_dev[0];
   __shared__ float sm[128];
   __shared__ float sq[128];
   __shared__ int sidx[128];

@@ -56,8 +56,8 @@ def _registry() -> dict[str, KernelSpec]:
         # matvec.cu
         "tq_rotate_x": KernelSpec("matvec.cu", "ppi"),
         # kv.cu, attn.cu
-        "kv_append": KernelSpec("kv.cu", "pppiiii"),
-        "attn_decode": KernelSpec("attn.cu", "pppppiiiiiiifi"),
+        "kv_append": KernelSpec("kv.cu", "pppiiiip"),
+        "attn_decode": KernelSpec("attn.cu", "pppppiiiiiiifip"),
         "attn_reduce": KernelSpec("attn.cu", "pppiii"),
         # sample.cu
         "argmax_partial": KernelSpec("sample.cu", "pipp"),
@@ -72,6 +72,7 @@ def _registry() -> dict[str, KernelSpec]:
         k[f"matvec_{t}"] = KernelSpec("matvec.cu", "pppii")
         k[f"matmul_{t}"] = KernelSpec("matvec.cu", "pppiii")
         k[f"matvec_rows_{t}"] = KernelSpec("matvec.cu", "ppppii")
+        k[f"get_rows_{t}"] = KernelSpec("matvec.cu", "pppiif")
     return k
 
 
@@ -248,14 +249,31 @@ def _check_weight(wtype: str, k: int, w: Any = None, rows: int | None = None) ->
             raise ValueError(f"{wtype} weight has {w.size} bytes, [{rows}, {k}] needs {_weight_bytes(wtype, rows, k)}")
 
 
-def _prep_x(wtype: str, x: Any) -> Any:
-    """TQ weights are stored rotated per 32-block: rotate the input once instead (quant.cuh)."""
+def _prep_x(wtype: str, x: Any, xr: Any = None) -> Any:
+    """TQ weights are stored rotated per 32-block: rotate the input once instead (quant.cuh).
+    ``xr``: a buffer of x's size for the rotated copy (none is allocated then)."""
     if not wtype.startswith("tq"):
         return x
-    xr = _xp(x).empty_like(x)
+    xr = _xp(x).empty_like(x) if xr is None else xr.reshape(x.shape)
     n = x.size
     launch("tq_rotate_x", (max(1, min(4096, -(-n // 256))),), (256,), (x, xr, n))
     return xr
+
+
+def get_rows(w: Any, wtype: str, ids: Any, k: int, scale: float = 1.0, out: Any = None) -> Any:
+    """Y[i] = scale * dequantized row ids[i] of a raw GGML weight of width ``k`` (the embedding
+    lookup; TQ rows come back un-rotated). Reference: reference.dequant_rows(...)[ids] * scale."""
+    _check_weight(wtype, k, w)
+    if w.size % _weight_bytes(wtype, 1, k):
+        raise ValueError(f"{wtype} weight of {w.size} bytes is not a whole number of rows of K={k}")
+    xp = _xp(w)
+    ids = xp.ascontiguousarray(ids, dtype=xp.int32).reshape(-1)
+    n = ids.size
+    out = xp.empty((n, k), xp.float32) if out is None else out
+    _need(out, np.float32, "get_rows out")
+    if n:
+        launch(f"get_rows_{wtype}", ((n + 3) // 4,), (128,), (w, ids, out, n, k, float(scale)))
+    return out
 
 
 def matvec_rows(w: Any, wtype: str, ids: Any, x: Any, out: Any = None) -> Any:
@@ -274,19 +292,20 @@ def matvec_rows(w: Any, wtype: str, ids: Any, x: Any, out: Any = None) -> Any:
     return out
 
 
-def matvec(w: Any, wtype: str, x: Any, rows: int, out: Any = None) -> Any:
+def matvec(w: Any, wtype: str, x: Any, rows: int, out: Any = None, xr: Any = None) -> Any:
     """y[rows] = W x for a raw GGML weight ``w`` (uint8 bytes of [rows, K]), x [K] f32.
     Reference: reference.matmul. K must be a multiple of the type's block (32 or 256)."""
-    return matmul(w, wtype, x, rows, out)
+    return matmul(w, wtype, x, rows, out, xr)
 
 
-def matmul(w: Any, wtype: str, x: Any, rows: int, out: Any = None) -> Any:
-    """Y[T, rows] = X W^T for X [T, K] (or [K] -> matvec kernel). Reference: reference.matmul."""
+def matmul(w: Any, wtype: str, x: Any, rows: int, out: Any = None, xr: Any = None) -> Any:
+    """Y[T, rows] = X W^T for X [T, K] (or [K] -> matvec kernel). Reference: reference.matmul.
+    ``xr``: scratch of x's size for TQ types (the rotated input), so nothing is allocated."""
     x = _f32(x)
     k = x.shape[-1]
     _check_weight(wtype, k, w, rows)
     xp = _xp(x)
-    x = _prep_x(wtype, x)
+    x = _prep_x(wtype, x, xr)
     if x.ndim == 1:
         out = xp.empty((rows,), xp.float32) if out is None else out
         launch(f"matvec_{wtype}", ((rows + 3) // 4,), (128,), (w, x, out, rows, k))
@@ -302,9 +321,11 @@ def matmul(w: Any, wtype: str, x: Any, rows: int, out: Any = None) -> Any:
 KV_TYPE_ID = {"f16": 0, "q8_0": 1, "q4_0": 2, "turbo4": 3, "turbo3": 4, "turbo2": 5, "turbo4lm": 6}
 
 
-def kv_append(x: Any, cache: Any, kvtype: str, pos0: int, eq: Any = None) -> None:
+def kv_append(x: Any, cache: Any, kvtype: str, pos0: int, eq: Any = None, pos_dev: Any = None) -> None:
     """Encode rows x [n_tok, n_kv_heads, D] into cache [n_ctx, n_kv_heads, row_bytes] at pos0...
-    ``eq``: optional [D] K equalization scales (x * eq is stored). Reference: reference.kv_encode."""
+    ``eq``: optional [D] K equalization scales (x * eq is stored). Reference: reference.kv_encode.
+    ``pos_dev``: optional int32 device array whose first entry the kernel uses instead of pos0
+    (for CUDA graphs; pos0 is then only checked against the cache size)."""
     x = _f32(x)
     n_tok, n_heads, d = x.shape
     if n_heads > MAX_GRID_YZ:
@@ -313,6 +334,8 @@ def kv_append(x: Any, cache: Any, kvtype: str, pos0: int, eq: Any = None) -> Non
         raise ValueError(f"unknown cache type {kvtype!r}; have {', '.join(KV_TYPE_ID)}")
     if d % 128:
         raise ValueError(f"head_dim {d} is not a multiple of 128 (zero-pad it)")
+    if pos_dev is not None and n_tok > MAX_GRID_YZ:
+        raise ValueError(f"kv_append with pos_dev: at most {MAX_GRID_YZ} rows")
     if pos0 < 0 or pos0 + n_tok > cache.shape[0]:
         raise ValueError(f"cache has {cache.shape[0]} cells, appending {n_tok} at {pos0}")
     _need(cache, np.uint8, "KV cache")
@@ -322,7 +345,7 @@ def kv_append(x: Any, cache: Any, kvtype: str, pos0: int, eq: Any = None) -> Non
     for t0 in range(0, n_tok, MAX_GRID_YZ):  # gridDim.z is at most 65535
         xs = x[t0:t0 + MAX_GRID_YZ]
         launch("kv_append", (d // 128, n_heads, xs.shape[0]), (128,),
-               (xs, eqa, cache, KV_TYPE_ID[kvtype], pos0 + t0, n_heads, d))
+               (xs, eqa, cache, KV_TYPE_ID[kvtype], pos0 + t0, n_heads, d, pos_dev))
 
 
 def _kv_row_bytes(kvtype: str, d: int) -> int:
@@ -347,13 +370,18 @@ def attn_split(n_cells: int, max_split: int = 512, min_chunk: int = 128) -> tupl
 
 
 def attn_decode(q: Any, kc: Any, vc: Any, ktype: str, vtype: str, kv_start: int, kv_end: int, scale: float,
-                n_split: int | None = None, out: Any = None, window: int = 0) -> Any:
+                n_split: int | None = None, out: Any = None, window: int = 0, end_dev: Any = None,
+                work: tuple[Any, Any] | None = None) -> Any:
     """Attention of Q [n_q_heads, 256] (one token) or [T, n_q_heads, 256] (causal prefill) over
     K/V caches [n_ctx, n_kv_heads, row_bytes] (uint8). Query t attends cells
     [max(kv_start, kv_end + t - window) if window else kv_start, kv_end + t): for prefill, append
     the T tokens' K/V first and pass kv_end = the first query's position + 1.
     Returns Q's shape. Reference: reference.attn_decode / reference.attn_prefill.
-    Two launches: attn_decode over n_split chunks of the sequence, then attn_reduce."""
+    Two launches: attn_decode over n_split chunks of the sequence, then attn_reduce.
+    ``end_dev``: optional int32 device array whose first entry the kernel uses as kv_end (CUDA
+    graphs: give n_split; kv_end is then only checked against the cache size, and the window
+    start and the chunk are derived on the device). ``work``: (o_part, ml_part) buffers of at
+    least [n_split, T, n_q_heads, 256] and [n_split, T, n_q_heads, 2] floats (none allocated)."""
     q = _f32(q)
     single = q.ndim == 2
     q3 = q.reshape((1,) + q.shape) if single else q
@@ -373,7 +401,7 @@ def attn_decode(q: Any, kc: Any, vc: Any, ktype: str, vtype: str, kv_start: int,
         raise ValueError(f"{nq} Q heads over {n_kv} KV heads: need a ratio of at most {ATT_GMAX}")
     if t > MAX_GRID_YZ:
         raise ValueError(f"attn_decode: at most {MAX_GRID_YZ} queries per launch")
-    if window > 0:  # the first query's window start is the earliest cell any query reads
+    if window > 0 and end_dev is None:  # the first query's window start is the earliest cell any query reads
         kv_start = max(kv_start, kv_end - window)
     n_cells = kv_end + t - 1 - kv_start
     if n_split is None:
@@ -381,12 +409,18 @@ def attn_decode(q: Any, kc: Any, vc: Any, ktype: str, vtype: str, kv_start: int,
     else:
         chunk = max(1, -(-n_cells // n_split))
     xp = _xp(q)
-    o_part = xp.empty((n_split, t, nq, d), xp.float32)
-    ml_part = xp.empty((n_split, t, nq, 2), xp.float32)
+    if end_dev is not None and n_split is None:
+        raise ValueError("attn_decode with end_dev needs an explicit n_split")
+    if work is None:
+        o_part = xp.empty((n_split, t, nq, d), xp.float32)
+        ml_part = xp.empty((n_split, t, nq, 2), xp.float32)
+    else:
+        o_part = work[0].reshape(-1)[:n_split * t * nq * d]
+        ml_part = work[1].reshape(-1)[:n_split * t * nq * 2]
     out = xp.empty(q.shape, xp.float32) if out is None else out
     launch("attn_decode", (n_split, n_kv, t), (128,),
            (q3, kc, vc, o_part, ml_part, KV_TYPE_ID[ktype], KV_TYPE_ID[vtype], n_kv, nq // n_kv, kv_start, kv_end,
-            chunk, float(scale), int(window)))
+            chunk, float(scale), int(window), end_dev))
     launch("attn_reduce", (t * nq,), (ATT_D,), (o_part, ml_part, out, n_split, t * nq, KV_TYPE_ID[vtype]))
     return out
 
@@ -395,16 +429,20 @@ def attn_decode(q: Any, kc: Any, vc: Any, ktype: str, vtype: str, kv_start: int,
 ARGMAX_BLOCKS = 264  # 2 x the SMs of an H100/H200; any count is correct
 
 
-def argmax(x: Any, ids: Any = None, out: Any = None, blocks: int = ARGMAX_BLOCKS) -> Any:
+def argmax(x: Any, ids: Any = None, out: Any = None, blocks: int = ARGMAX_BLOCKS,
+           work: tuple[Any, Any] | None = None) -> Any:
     """Index of the largest finite-or-inf entry of x (first on ties; NaN never wins) as an int32[1]
     array on x's device — only this id needs to reach the host. With ``ids``: ids[index].
-    Reference: reference.argmax."""
+    Reference: reference.argmax. ``work``: (f32, int32) buffers of >= ``blocks`` entries."""
     x = _f32(x).reshape(-1)
     xp = _xp(x)
     n = x.size
     g = max(1, min(blocks, -(-n // 256)))
-    pv = xp.empty((g,), xp.float32)
-    pi = xp.empty((g,), xp.int32)
+    if work is None:
+        pv = xp.empty((g,), xp.float32)
+        pi = xp.empty((g,), xp.int32)
+    else:
+        pv, pi = work[0][:g], work[1][:g]
     out = xp.empty((1,), xp.int32) if out is None else out
     launch("argmax_partial", (g,), (256,), (x, n, pv, pi))
     launch("argmax_final", (1,), (256,), (pv, pi, g, None if ids is None else xp.ascontiguousarray(ids, xp.int32),

@@ -71,6 +71,68 @@ __device__ __forceinline__ void mm_body(const u8* __restrict__ W, const int* __r
   }
 }
 
+// get_rows: y[i, :] = scale * row ids[i] of W, dequantized (the token-embedding lookup on the
+// device: only the ids travel). One warp per row; lane l dequantizes chunks l, l + 32, ...; TQ rows
+// are un-rotated per 32-block in registers (lanes 4m..4m+3 hold one block: butterfly stages 1, 2, 4
+// inside a lane, 8 and 16 across lanes by shuffles, then / sqrt(32) and the signs).
+// grid = ceil(n / 4), block = 128. Napkin: a row of the Q8_0 640-wide embedding is 680 B.
+template <int TYPE>
+__device__ __forceinline__ void get_rows_body(const u8* __restrict__ W, const int* __restrict__ ids,
+                                              float* __restrict__ y, int n, int K, float scale) {
+  constexpr bool TQ = TYPE == TS_TQ3_1S || TYPE == TS_TQ4_1S;
+  __shared__ float sbook[16];
+  if (TQ) {
+    if (threadIdx.x < 16)
+      sbook[threadIdx.x] = TYPE == TS_TQ4_1S ? TQ4_BOOK[threadIdx.x] : (threadIdx.x < 8 ? TQ3_BOOK[threadIdx.x] : 0.0f);
+    __syncthreads();
+  }
+  const int lane = threadIdx.x & 31;
+  const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (r >= n) return;  // whole warps leave together
+  const u8* row = W + (long long)ids[r] * row_bytes_w(TYPE, K);
+  const int nch = K >> 3;
+  for (int c0 = 0; c0 < nch; c0 += 32) {  // uniform over the warp (the shuffles need every lane)
+    const int c = c0 + lane;
+    float w[8];
+    if (c < nch) {
+      deq8<TYPE>(row, c, sbook, w);
+    } else {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) w[k] = 0.0f;
+    }
+    if (TQ) {
+#pragma unroll
+      for (int h = 1; h < 8; h <<= 1) {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          if (!(k & h)) {
+            const float a = w[k], b = w[k + h];
+            w[k] = a + b;
+            w[k + h] = a - b;
+          }
+        }
+      }
+#pragma unroll
+      for (int h = 1; h < 4; h <<= 1) {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          const float o = __shfl_xor_sync(TS_FULL_MASK, w[k], h);
+          w[k] = (lane & h) ? o - w[k] : w[k] + o;
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const int j = 8 * (lane & 3) + k;
+        w[k] *= ((TQ_SIGN_MASK >> j) & 1u) ? -TQ_INV_SQRT32 : TQ_INV_SQRT32;
+      }
+    }
+    if (c < nch) {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) y[(long long)r * K + c * 8 + k] = w[k] * scale;
+    }
+  }
+}
+
 #define TS_MATVEC(NAME, TYPE)                                                                    \
   extern "C" __global__ void __launch_bounds__(128)                                              \
   matvec_##NAME(const u8* W, const float* x, float* y, int rows, int K) {                        \
@@ -82,7 +144,11 @@ __device__ __forceinline__ void mm_body(const u8* __restrict__ W, const int* __r
   }                                                                                              \
   extern "C" __global__ void __launch_bounds__(128)                                              \
   matmul_##NAME(const u8* W, const float* x, float* y, int rows, int K, int T) {                 \
-    mm_body<TYPE, TS_NB>(W, nullptr, x, y, rows, K, T);                                                   \
+    mm_body<TYPE, TS_NB>(W, nullptr, x, y, rows, K, T);                                          \
+  }                                                                                              \
+  extern "C" __global__ void __launch_bounds__(128)                                              \
+  get_rows_##NAME(const u8* W, const int* ids, float* y, int n, int K, float scale) {            \
+    get_rows_body<TYPE>(W, ids, y, n, K, scale);                                                 \
   }
 
 TS_MATVEC(q8_0, TS_Q8_0)

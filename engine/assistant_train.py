@@ -1,0 +1,718 @@
+"""Training the MTP assistant by distillation from its target (``turbospec train-assistant``).
+
+Needs PyTorch (the ``train`` extra, ``torch==2.13.0`` CPU build); imported only by the command,
+never by the engine. Three phases, each checkpointed in a work folder so the job can span
+several sittings (``--resume``):
+
+1. data (``generate_data``): the target writes its own text from the prompt set
+   (engine/data/assistant_prompts.txt), greedy and sampled, in batches, with a PyTorch port of
+   the Gemma 3 forward (``TorchGemma3``; its hidden states match the NumPy engine's, test
+   beside it). Per position it records: the token id, h (final-norm hidden, f16), the K/V of
+   the two source layers (last sliding, last global; f16, K after its norm and RoPE, as the
+   f16 cache holds them), the target's argmax next token and its top-8 ids. One ``.npz``
+   shard per batch plus ``manifest.json`` (written last, atomically): a resumed run skips the
+   jobs a shard already holds.
+2. clusters (``balanced_kmeans``): centroids and token_ordering from k-means over the
+   target's embedding rows, balanced so each cluster holds exactly n_vocab / n_centroids ids.
+3. training (``train``): teacher-forced multi-step. Anchor t (a position with a target
+   state); step k = 0..K-1 is fed token x[t+1+k] and h_prev (h[t] for k = 0, the assistant's
+   own post_projection output for k >= 1, as at inference), attends over the target's K/V at
+   positions <= t, RoPE at t+1+k, and learns the target's argmax at t+1+k (= the next token
+   for greedy text). Loss = cross-entropy over a sampled candidate set (the batch's target
+   top-8 ids + random negatives) scored with the head's rows + cross-entropy of the cluster
+   router (label = the cluster of the target's token) + a relative MSE pulling h_inner to the
+   target's own hidden state at t+1+k (the frozen head then scores like the target's).
+   Checkpoint (torch.save: model, optimizer, step) every ``ckpt_every`` steps.
+4. write: the GGUF in the fork's schema (engine/models/gemma4_assistant.write_assistant_gguf).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from turbospec.engine.gguf import GGUFFile
+from turbospec.engine.models.gemma3 import Gemma3Config
+from turbospec.engine.models.gemma4_assistant import AssistantConfig, source_layers, write_assistant_gguf
+from turbospec.errors import UserError
+
+MANIFEST = "manifest.json"
+CKPT = "train.pt"
+TOPK = 8
+
+
+# -- the prompt set -------------------------------------------------------------------------------
+
+
+def load_prompts(path: Path | None = None) -> list[tuple[str, str]]:
+    """(kind, text) pairs from the prompts file (KIND<TAB>TEXT, '\\n' escapes, # comments)."""
+    if path is None:
+        from importlib import resources
+
+        text = (resources.files("turbospec.engine.data") / "assistant_prompts.txt").read_text("utf-8")
+    else:
+        text = Path(path).read_text("utf-8")
+    out = []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        kind, _, body = line.partition("\t")
+        if not body:
+            raise UserError(f"prompt line {line[:40]!r} has no TAB between KIND and TEXT")
+        out.append((kind.strip(), body.replace("\\n", "\n")))
+    return out
+
+
+def job_list(n_prompts: int, seed: int) -> list[dict]:
+    """An endless-enough deterministic list of generation jobs: every prompt greedy, then rounds
+    of sampled variants (temperatures 0.7, 1.0, 0.5 ...) with fresh seeds, shuffled per round."""
+    rng = np.random.default_rng(seed)
+    temps = [0.0, 0.7, 1.0, 0.5, 0.8, 1.2]
+    jobs = []
+    for r, temp in enumerate(temps * 4):
+        if r >= len(temps) and temp == 0.0:
+            continue  # greedy is deterministic: once per prompt
+        order = rng.permutation(n_prompts)
+        for p in order:
+            jobs.append({"id": len(jobs), "prompt": int(p), "temp": float(temp), "seed": int(rng.integers(1 << 31))})
+    return jobs
+
+
+# -- the target in PyTorch --------------------------------------------------------------------------
+
+
+class TorchGemma3:
+    """Gemma 3 forward in PyTorch (float32 math, f16 K/V cache like the engine's default cache)
+    for batched data generation. The reference is the NumPy engine (engine/models/gemma3.py)."""
+
+    def __init__(self, path: str | Path):
+        g = GGUFFile.open(path)
+        if g.arch != "gemma3":
+            raise UserError(f"{path}: train-assistant supports gemma3 targets, this is {g.arch!r}")
+        self.g = g
+        self.cfg = c = Gemma3Config.from_gguf(g)
+
+        def t(name: str) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(g.dequantize(name), dtype=np.float32))
+
+        self.embd = t("token_embd.weight")
+        self.head_w = t("output.weight") if "output.weight" in g.tensors else self.embd
+        self.output_norm = t("output_norm.weight")
+        self.blk = []
+        for i in range(c.n_layer):
+            p = f"blk.{i}."
+            self.blk.append({n: t(p + n + ".weight") for n in (
+                "attn_norm", "attn_q", "attn_k", "attn_v", "attn_q_norm", "attn_k_norm", "attn_output",
+                "post_attention_norm", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down", "post_ffw_norm")})
+        # the source layers the assistant reads: "s" = last sliding, "g" = last global
+        self.src = {name: max(i for i, s in enumerate(c.sliding) if s == kind)
+                    for name, kind in (("s", True), ("g", False)) if kind in c.sliding}
+        self.sqrt_d = math.sqrt(c.n_embd)
+
+    def new_cache(self, B: int, T: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        c = self.cfg
+        return [(torch.zeros(B, T, c.n_head_kv, c.head_dim, dtype=torch.float16),
+                 torch.zeros(B, T, c.n_head_kv, c.head_dim, dtype=torch.float16)) for _ in range(c.n_layer)]
+
+    def rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + self.cfg.eps) * w
+
+    @staticmethod
+    def rope(x: torch.Tensor, pos: torch.Tensor, base: float) -> torch.Tensor:
+        return rope_t(x, pos, base)
+
+    @torch.no_grad()
+    def forward(self, tokens: torch.Tensor, pos: torch.Tensor, cache, rows: torch.Tensor) -> torch.Tensor:
+        """tokens, pos (B, T) for cache rows ``rows`` (B,); positions index the cache. Returns the
+        final-norm hidden (B, T, n_embd); writes K/V at pos."""
+        c = self.cfg
+        B, T = tokens.shape
+        x = self.embd[tokens] * self.sqrt_d
+        Tc = cache[0][0].shape[1]
+        j = torch.arange(Tc)
+        for i, b in enumerate(self.blk):
+            h = self.rms(x, b["attn_norm"])
+            q = (h @ b["attn_q"].T).view(B, T, c.n_head, c.head_dim)
+            k = (h @ b["attn_k"].T).view(B, T, c.n_head_kv, c.head_dim)
+            v = (h @ b["attn_v"].T).view(B, T, c.n_head_kv, c.head_dim)
+            q, k = self.rms(q, b["attn_q_norm"]), self.rms(k, b["attn_k_norm"])
+            base = c.rope_base_swa if c.sliding[i] else c.rope_base
+            q, k = self.rope(q, pos, base), self.rope(k, pos, base)
+            kc, vc = cache[i]
+            kc[rows[:, None], pos] = k.half()
+            vc[rows[:, None], pos] = v.half()
+            K = kc[rows].float().repeat_interleave(c.n_head // c.n_head_kv, dim=2)  # (B, Tc, H, hd)
+            V = vc[rows].float().repeat_interleave(c.n_head // c.n_head_kv, dim=2)
+            vis = j[None, None, :] <= pos[:, :, None]
+            if c.sliding[i]:
+                vis &= (pos[:, :, None] - j[None, None, :]) < c.window
+            o = F.scaled_dot_product_attention(q.transpose(1, 2), K.transpose(1, 2), V.transpose(1, 2),
+                                               attn_mask=vis[:, None], scale=1.0 / math.sqrt(c.head_dim))
+            o = o.transpose(1, 2).reshape(B, T, -1) @ b["attn_output"].T
+            x = x + self.rms(o, b["post_attention_norm"])
+            h = self.rms(x, b["ffn_norm"])
+            a = F.gelu(h @ b["ffn_gate"].T, approximate="tanh") * (h @ b["ffn_up"].T)
+            x = x + self.rms(a @ b["ffn_down"].T, b["post_ffw_norm"])
+        return self.rms(x, self.output_norm)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        s = h @ self.head_w.T
+        if self.cfg.softcap:
+            s = torch.tanh(s / self.cfg.softcap) * self.cfg.softcap
+        return s
+
+
+def rope_t(x: torch.Tensor, pos: torch.Tensor, base: float) -> torch.Tensor:
+    """NEOX RoPE on (B, T, H, D) at positions pos (B, T); angles in float64 like the engine."""
+    d = x.shape[-1]
+    inv = base ** (-torch.arange(d // 2, dtype=torch.float64) * 2.0 / d)
+    ang = pos.to(torch.float64)[..., None] * inv
+    cos, sin = ang.cos().float()[:, :, None], ang.sin().float()[:, :, None]
+    x1, x2 = x[..., : d // 2], x[..., d // 2 :]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+# -- phase 1: data --------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    tokens: int = 200_000  # generated target tokens to collect
+    batch: int = 16  # sequences generated together
+    max_new: int = 384  # generated tokens per sequence at most
+    seed: int = 0
+    top_k: int = 64  # sampling: top-k then temperature
+
+
+def encode_prompt(tok, kind: str, text: str) -> list[int]:
+    from turbospec.engine.generate import chat_prompt
+
+    return tok.encode(text if kind == "raw" else chat_prompt(text), add_bos=True, parse_special=True)
+
+
+def read_manifest(work: Path) -> dict | None:
+    p = work / MANIFEST
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except ValueError:
+        raise UserError(f"{p} is corrupt; delete the work folder {work} to start over") from None
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+@torch.no_grad()
+def generate_batch(tm: TorchGemma3, prompts: list[list[int]], temps: list[float], seeds: list[int],
+                   dc: DataConfig, stop: set[int]) -> list[dict[str, np.ndarray]]:
+    """Generate for a batch of prompts; per sequence the recorded arrays (see module doc)."""
+    c = tm.cfg
+    B = len(prompts)
+    Tc = max(len(p) for p in prompts) + dc.max_new
+    cache = tm.new_cache(B, Tc)
+    rows = torch.arange(B)
+    H = torch.zeros(B, Tc, c.n_embd, dtype=torch.float16)
+    am = torch.full((B, Tc), -1, dtype=torch.int32)
+    topk = torch.full((B, Tc, TOPK), -1, dtype=torch.int32)
+    toks = torch.zeros(B, Tc, dtype=torch.long)
+    last_h = torch.zeros(B, c.n_embd)
+    for b, p in enumerate(prompts):  # prefill one by one (lengths differ)
+        n = len(p)
+        t = torch.tensor(p)[None]
+        h = tm.forward(t, torch.arange(n)[None], cache, rows[b : b + 1])
+        H[b, :n] = h[0].half()
+        toks[b, :n] = t[0]
+        last_h[b] = h[0, -1]
+    length = torch.tensor([len(p) for p in prompts])  # tokens in the sequence so far
+    done = torch.zeros(B, dtype=torch.bool)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    for _ in range(dc.max_new):
+        lg = tm.logits(last_h)
+        ti = lg.topk(TOPK, dim=-1).indices.to(torch.int32)
+        nxt = ti[:, 0].long().clone()
+        for b in range(B):
+            if temps[b] > 0 and not done[b]:
+                v, ix = lg[b].topk(dc.top_k)
+                pr = torch.softmax(v / temps[b], dim=-1)
+                nxt[b] = ix[torch.multinomial(pr, 1, generator=gens[b])[0]]
+        live = ~done
+        pos = length - 1  # the position whose output these logits are
+        am[rows[live], pos[live]] = ti[live, 0]
+        topk[rows[live], pos[live]] = ti[live]
+        toks[rows[live], length[live]] = nxt[live]
+        length = length + live.long()
+        done = done | torch.tensor([int(t) in stop for t in nxt]) & live
+        if bool(done.all()):
+            break
+        p = (length - 1).clamp(max=Tc - 1)
+        h = tm.forward(nxt[:, None], p[:, None], cache, rows)[:, 0]
+        H[rows[~done], p[~done]] = h[~done].half()
+        last_h = h
+    out = []
+    for b in range(B):
+        n = int(length[b])
+        kv = {}
+        for name, li in tm.src.items():
+            kv[f"k_{name}"] = cache[li][0][b, :n].numpy()
+            kv[f"v_{name}"] = cache[li][1][b, :n].numpy()
+        out.append({"tokens": toks[b, :n].numpy().astype(np.int32), "h": H[b, :n].numpy(),
+                    "argmax": am[b, :n].numpy(), "topk": topk[b, :n].numpy(),
+                    "n_prompt": np.int64(len(prompts[b])), **kv})
+    return out
+
+
+def save_shard(path: Path, seqs: list[dict[str, np.ndarray]]) -> int:
+    """Concatenate sequences into one .npz (offsets in ``start``); returns generated tokens."""
+    start = np.cumsum([0] + [len(s["tokens"]) for s in seqs]).astype(np.int64)
+    arrs = {k: np.concatenate([s[k] for s in seqs]) for k in seqs[0] if k != "n_prompt"}
+    arrs["start"] = start
+    arrs["n_prompt"] = np.array([s["n_prompt"] for s in seqs], np.int64)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrs)
+    tmp.replace(path)
+    return int(sum(int((s["argmax"] >= 0).sum()) for s in seqs))
+
+
+def generate_data(model_path: Path, tok, work: Path, dc: DataConfig, prompts: list[tuple[str, str]],
+                  log=print) -> dict:
+    """Phase 1, resumable: shards until ``dc.tokens`` generated tokens are recorded."""
+    from turbospec.engine.generate import stop_ids
+    from turbospec.engine.weights import file_sha256
+
+    work.mkdir(parents=True, exist_ok=True)
+    sha = file_sha256(Path(model_path))
+    man = read_manifest(work) or {"model_sha256": sha, "shards": [], "n_tokens": 0, "data": asdict(dc),
+                                  "n_prompts": len(prompts)}
+    if man["model_sha256"] != sha:
+        raise UserError(f"work folder {work} holds data of another model; pass another --work or delete it")
+    if man["n_tokens"] >= dc.tokens:
+        return man
+    tm = TorchGemma3(model_path)
+    stop = {t for t in stop_ids(tok) if t is not None}
+    jobs = job_list(len(prompts), dc.seed)
+    done_ids = {j for s in man["shards"] for j in s["jobs"]}
+    todo = [j for j in jobs if j["id"] not in done_ids]
+    while man["n_tokens"] < dc.tokens and todo:
+        batch, todo = todo[: dc.batch], todo[dc.batch :]
+        t0 = time.perf_counter()
+        enc = [encode_prompt(tok, *prompts[j["prompt"]]) for j in batch]
+        seqs = generate_batch(tm, enc, [j["temp"] for j in batch], [j["seed"] for j in batch], dc, stop)
+        name = f"shard_{len(man['shards']):05d}.npz"
+        n = save_shard(work / name, seqs)
+        dt = time.perf_counter() - t0
+        man["shards"].append({"file": name, "jobs": [j["id"] for j in batch], "n_tokens": n, "seconds": round(dt, 2)})
+        man["n_tokens"] += n
+        man["seconds"] = round(man.get("seconds", 0.0) + dt, 2)
+        write_json_atomic(work / MANIFEST, man)
+        log(f"data: {name}: {n} tokens in {dt:.1f} s ({1000 * dt / max(n, 1):.1f} s per 1k); "
+            f"total {man['n_tokens']}/{dc.tokens}")
+    return man
+
+
+def load_shards(work: Path, man: dict) -> list[dict[str, np.ndarray]]:
+    """Every recorded sequence, as dicts of arrays."""
+    seqs = []
+    for s in man["shards"]:
+        z = np.load(work / s["file"])
+        st = z["start"]
+        arrs = {k: z[k] for k in z.files if k not in ("start", "n_prompt")}
+        for i in range(len(st) - 1):
+            d = {k: v[st[i] : st[i + 1]] for k, v in arrs.items()}
+            d["n_prompt"] = int(z["n_prompt"][i])
+            seqs.append(d)
+    return seqs
+
+
+# -- phase 2: clusters ---------------------------------------------------------------------------------
+
+
+def cluster_geometry(n_vocab: int, size: int = 128, max_clusters: int = 2048) -> tuple[int, int]:
+    """(n_centroids, cluster size): 2048 clusters of 128 when n_vocab allows, else clusters of
+    ``size`` (or the largest divisor of n_vocab below it)."""
+    if n_vocab == max_clusters * size:
+        return max_clusters, size
+    s = size
+    while s > 1 and n_vocab % s:
+        s -= 1
+    return n_vocab // s, s
+
+
+def balanced_kmeans(E: np.ndarray, n_clusters: int, iters: int = 6, seed: int = 0, log=print,
+                    chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    """k-means over rows, then balanced assignment: every cluster gets exactly V / n_clusters
+    rows. Returns (centroids (C, d) float32, token_ordering (V,) int: cluster c = rows
+    [c*S, (c+1)*S) of the ordering)."""
+    X = torch.from_numpy(np.ascontiguousarray(E, np.float32))
+    V = X.shape[0]
+    S = V // n_clusters
+    g = torch.Generator().manual_seed(seed)
+    x2 = (X * X).sum(1)
+    C = kmeans_pp(X, x2, n_clusters, g)
+
+    def nearest(C: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        c2 = (C * C).sum(1)
+        ds, ix = [], []
+        for a in range(0, V, chunk):
+            d = x2[a : a + chunk, None] - 2 * X[a : a + chunk] @ C.T + c2[None]
+            v, i = d.topk(m, dim=1, largest=False)
+            ds.append(v)
+            ix.append(i)
+        return torch.cat(ds), torch.cat(ix)
+
+    for it in range(iters):  # plain Lloyd steps
+        _, ix = nearest(C, 1)
+        a = ix[:, 0]
+        cnt = torch.bincount(a, minlength=n_clusters).float()
+        C_new = torch.zeros_like(C).index_add_(0, a, X)
+        empty = cnt == 0
+        refill = X[torch.randint(V, (n_clusters,), generator=g)]
+        C = torch.where(empty[:, None], refill, C_new / cnt.clamp(min=1)[:, None])
+        log(f"kmeans: iteration {it + 1}/{iters}, {int(empty.sum())} empty clusters")
+    for _ in range(2):  # balanced assignment, then refit the centroids to it
+        assign = balanced_assign(X, C, S, nearest)
+        C = torch.zeros_like(C).index_add_(0, assign, X) / S
+    order = torch.argsort(assign * V + torch.arange(V), stable=True)
+    return C.numpy().astype(np.float32), order.numpy().astype(np.int64)
+
+
+def kmeans_pp(X: torch.Tensor, x2: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding (D^2 sampling); one pass over the rows per centre."""
+    V = X.shape[0]
+    idx = [int(torch.randint(V, (1,), generator=g))]
+    dmin = (x2 - 2 * X @ X[idx[0]] + x2[idx[0]]).clamp(min=0)
+    for _ in range(n - 1):
+        tot = float(dmin.sum())
+        i = int(torch.multinomial(dmin / tot, 1, generator=g)) if tot > 0 else int(torch.randint(V, (1,), generator=g))
+        idx.append(i)
+        dmin = torch.minimum(dmin, (x2 - 2 * X @ X[i] + x2[i]).clamp(min=0))
+    return X[idx].clone()
+
+
+def balanced_assign(X: torch.Tensor, C: torch.Tensor, S: int, nearest) -> torch.Tensor:
+    """Greedy capacity-constrained assignment: rows in order of their best distance take their
+    nearest cluster with room among their 16 nearest; the rest take the nearest cluster with room."""
+    V, n_c = X.shape[0], C.shape[0]
+    m = min(16, n_c)
+    d, ix = nearest(C, m)
+    order = torch.argsort(d[:, 0]).tolist()
+    cand = ix.tolist()
+    cap = [S] * n_c
+    assign = [-1] * V
+    left = []
+    for r in order:
+        for cl in cand[r]:
+            if cap[cl]:
+                cap[cl] -= 1
+                assign[r] = cl
+                break
+        else:
+            left.append(r)
+    full = torch.tensor([k == 0 for k in cap])
+    c2 = (C * C).sum(1)
+    for a in range(0, len(left), 4096):
+        rs = left[a : a + 4096]
+        dd = c2[None] - 2 * (X[rs] @ C.T)
+        for i, r in enumerate(rs):
+            cl = int(torch.argmin(dd[i].masked_fill(full, float("inf"))))
+            cap[cl] -= 1
+            full[cl] = cap[cl] == 0
+            assign[r] = cl
+    return torch.tensor(assign)
+
+
+# -- phase 3: the assistant in PyTorch -------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    n_layer: int = 4
+    n_ff: int = 1024
+    n_head: int = 4
+    draft_steps: int = 3  # K: steps unrolled per anchor (B-1 at inference)
+    top_k_clusters: int = 32
+    epochs: float = 2.0
+    lr: float = 1e-3
+    batch_seqs: int = 4
+    n_neg: int = 2048  # random negatives per batch in the sampled softmax
+    w_cluster: float = 0.5
+    w_hidden: float = 1.0
+    ckpt_every: int = 50
+    seed: int = 0
+    max_steps: int = 0  # 0 = from epochs
+    qtype: str = "q8_0"
+    extra: dict = field(default_factory=dict)
+
+
+class TorchAssistant(torch.nn.Module):
+    """The assistant with the target's frozen embedding (input and head rows)."""
+
+    def __init__(self, cfg: AssistantConfig, E: torch.Tensor, out_norm_init: torch.Tensor | None, seed: int = 0):
+        super().__init__()
+        self.cfg = c = cfg
+        torch.manual_seed(seed)
+        self.register_buffer("E", E, persistent=False)
+        d, db = c.n_embd, c.n_embd_backbone
+
+        def lin(o: int, i: int, scale: float = 1.0) -> torch.nn.Parameter:
+            return torch.nn.Parameter(torch.randn(o, i) * scale / math.sqrt(i))
+
+        pre = lin(d, 2 * db, 0.3)
+        if d == db:
+            pre.data[:, db:] += torch.eye(d)  # start as "pass h_prev through"
+        self.pre = pre
+        post = lin(db, d, 0.1)
+        if d == db:
+            post.data += torch.eye(d)
+        self.post = post
+        self.out_norm = torch.nn.Parameter(out_norm_init.clone() if out_norm_init is not None else torch.ones(d))
+        qd = c.n_head * c.head_dim
+        self.layers = torch.nn.ModuleList()
+        for _ in range(c.n_layer):
+            m = torch.nn.Module()
+            m.attn_norm = torch.nn.Parameter(torch.ones(d))
+            m.attn_q = lin(qd, d)
+            m.attn_q_norm = torch.nn.Parameter(torch.ones(c.head_dim))
+            m.attn_output = lin(d, qd, 0.5)
+            m.post_attention_norm = torch.nn.Parameter(torch.ones(d) * 0.3)
+            m.ffn_norm = torch.nn.Parameter(torch.ones(d))
+            m.ffn_gate = lin(c.n_ff, d)
+            m.ffn_up = lin(c.n_ff, d)
+            m.ffn_down = lin(d, c.n_ff, 0.5)
+            m.post_ffw_norm = torch.nn.Parameter(torch.ones(d) * 0.3)
+            self.layers.append(m)
+        self.centroids = torch.nn.Parameter(torch.zeros(max(c.n_centroids, 1), d))
+        self.token_embd = None
+        if not c.use_target_embeddings:
+            self.token_embd = torch.nn.Parameter(torch.randn(c.n_vocab, d) / math.sqrt(d))
+
+    def rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + self.cfg.eps) * w
+
+    def head_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.E[ids] if self.token_embd is None else self.token_embd[ids]
+
+    def step(self, tok: torch.Tensor, h_prev: torch.Tensor, pos: torch.Tensor, kv: list, masks: list):
+        """tok (B, L), h_prev (B, L, db), pos (B, L); kv[i] = (K, V) (B, L, n_kv, hd) of layer i's
+        source; masks[i] (B, 1, L, L) visible cells. Returns (h_inner, next h_prev)."""
+        c = self.cfg
+        B, L = tok.shape
+        e = self.E[tok] * math.sqrt(c.n_embd_backbone)
+        x = torch.cat([e, h_prev], -1) @ self.pre.T
+        for i, m in enumerate(self.layers):
+            h = self.rms(x, m.attn_norm)
+            q = self.rms((h @ m.attn_q.T).view(B, L, c.n_head, c.head_dim), m.attn_q_norm)
+            q = rope_t(q, pos, c.rope_base_swa if c.sliding[i] else c.rope_base)
+            K, V = kv[i]
+            g = c.n_head // K.shape[2]
+            o = F.scaled_dot_product_attention(
+                q.transpose(1, 2), K.repeat_interleave(g, 2).transpose(1, 2), V.repeat_interleave(g, 2).transpose(1, 2),
+                attn_mask=masks[i], scale=1.0 / math.sqrt(c.head_dim))
+            o = o.transpose(1, 2).reshape(B, L, -1) @ m.attn_output.T
+            x = x + self.rms(o, m.post_attention_norm)
+            h = self.rms(x, m.ffn_norm)
+            a = F.gelu(h @ m.ffn_gate.T, approximate="tanh") * (h @ m.ffn_up.T)
+            x = x + self.rms(a @ m.ffn_down.T, m.post_ffw_norm)
+        h_inner = self.rms(x, self.out_norm)
+        return h_inner, h_inner @ self.post.T
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """GGUF tensor name -> float32 array."""
+        def n(p: torch.Tensor) -> np.ndarray:
+            return p.detach().float().numpy().copy()
+
+        t = {"mtp.pre_projection.weight": n(self.pre), "mtp.post_projection.weight": n(self.post),
+             "output_norm.weight": n(self.out_norm)}
+        if self.cfg.n_centroids:
+            t["mtp.centroids.weight"] = n(self.centroids)
+        if self.token_embd is not None:
+            t["token_embd.weight"] = n(self.token_embd)
+        for i, m in enumerate(self.layers):
+            for name, p in m.named_parameters():
+                t[f"blk.{i}.{name}.weight"] = n(p)
+        return t
+
+
+def make_batch(seqs: list[dict], cfg: AssistantConfig, target_cfg: Gemma3Config, K: int) -> dict:
+    """Pad sequences to one length; per step k the inputs, labels and masks."""
+    B = len(seqs)
+    L = max(len(s["tokens"]) for s in seqs)
+    db = cfg.n_embd_backbone
+    tok = torch.zeros(B, L, dtype=torch.long)
+    H = torch.zeros(B, L, db)
+    am = torch.full((B, L), -1, dtype=torch.long)
+    topk = torch.full((B, L, TOPK), -1, dtype=torch.long)
+    lens = torch.tensor([len(s["tokens"]) for s in seqs])
+    kvs = {}
+    for b, s in enumerate(seqs):
+        n = len(s["tokens"])
+        tok[b, :n] = torch.from_numpy(s["tokens"].astype(np.int64))
+        H[b, :n] = torch.from_numpy(s["h"].astype(np.float32))
+        am[b, :n] = torch.from_numpy(s["argmax"].astype(np.int64))
+        topk[b, :n] = torch.from_numpy(s["topk"].astype(np.int64))
+    for name in ("k_s", "v_s", "k_g", "v_g"):
+        if name in seqs[0]:
+            arr = torch.zeros((B, L) + seqs[0][name].shape[1:])
+            for b, s in enumerate(seqs):
+                arr[b, : len(s[name])] = torch.from_numpy(s[name].astype(np.float32))
+            kvs[name] = arr
+    kv = [(kvs["k_s"], kvs["v_s"]) if s else (kvs["k_g"], kvs["v_g"]) for s in cfg.sliding]
+    j = torch.arange(L)
+    t = torch.arange(L)
+    steps = []
+    for k in range(K):
+        p = t + 1 + k  # position of the input token for anchor t
+        pc = p.clamp(max=L - 1)
+        valid = (p[None] < lens[:, None]) & (am[:, pc] >= 0)
+        base = (j[None, :] <= t[:, None])[None] & (j[None, None, :] < lens[:, None, None])  # (B, L, L)
+        masks = []
+        for s in cfg.sliding:
+            m = base & ((p[:, None] - j[None, :]) < target_cfg.window)[None] if s else base
+            # padded anchors may see no cell: give them cell 0 (their loss is masked) so no row is NaN
+            m = m | (~m.any(-1, keepdim=True) & (j == 0))
+            masks.append(m[:, None])
+        steps.append({"tok": tok[:, pc], "pos": p[None].expand(B, L), "label": am[:, pc], "valid": valid,
+                      "topk": topk[:, pc], "h_target": H[:, pc], "masks": masks})
+    return {"H": H, "kv": kv, "steps": steps}
+
+
+def batch_loss(model: TorchAssistant, batch: dict, cluster_of: torch.Tensor | None, tc: TrainConfig,
+               gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+    c = model.cfg
+    h_prev = batch["H"]
+    total = torch.zeros(())
+    stats = {}
+    for k, st in enumerate(batch["steps"]):
+        h_inner, h_next = model.step(st["tok"], h_prev, st["pos"], batch["kv"], st["masks"])
+        h_prev = h_next
+        v = st["valid"]
+        if not bool(v.any()):
+            continue
+        hi, lab = h_inner[v], st["label"][v]
+        cand = torch.cat([st["topk"][v].reshape(-1), lab, torch.randint(c.n_vocab, (tc.n_neg,), generator=gen)])
+        cand = torch.unique(cand[cand >= 0])
+        logits = hi @ model.head_rows(cand).T
+        if c.softcap:
+            logits = torch.tanh(logits / c.softcap) * c.softcap
+        li = torch.searchsorted(cand, lab)
+        l_tok = F.cross_entropy(logits, li)
+        ht = st["h_target"][v]
+        l_hid = ((hi - ht) ** 2).mean() / (ht * ht).mean().clamp(min=1e-6)
+        loss = l_tok + tc.w_hidden * l_hid
+        if cluster_of is not None:
+            l_cl = F.cross_entropy(hi @ model.centroids.T, cluster_of[lab])
+            loss = loss + tc.w_cluster * l_cl
+            stats[f"cl{k}"] = float(l_cl.detach())
+        total = total + loss
+        stats[f"tok{k}"] = float(l_tok.detach())
+        stats[f"acc{k}"] = float((logits.argmax(-1) == li).float().mean())
+    return total / len(batch["steps"]), stats
+
+
+def assistant_config_for(target_cfg: Gemma3Config, target_arch: str, tc: TrainConfig) -> AssistantConfig:
+    nc, _ = cluster_geometry(target_cfg.n_vocab)
+    has_s, has_g = any(target_cfg.sliding), not all(target_cfg.sliding)
+    sliding = [has_s and (i < tc.n_layer - 1 or not has_g) for i in range(tc.n_layer)]
+    return AssistantConfig(
+        n_layer=tc.n_layer, n_embd=target_cfg.n_embd, n_ff=tc.n_ff, n_head=tc.n_head, head_dim=target_cfg.head_dim,
+        n_vocab=target_cfg.n_vocab, n_embd_backbone=target_cfg.n_embd, eps=target_cfg.eps,
+        rope_base=target_cfg.rope_base, rope_base_swa=target_cfg.rope_base_swa, window=target_cfg.window,
+        sliding=sliding, n_centroids=nc, centroid_top_k=min(tc.top_k_clusters, nc), use_ordered_embeddings=False,
+        use_target_embeddings=True, requires_target_arch=target_arch,
+    )
+
+
+def train(model_path: Path, work: Path, tc: TrainConfig, resume: bool,
+          log=print) -> tuple[TorchAssistant, np.ndarray, dict]:
+    """Phases 2-3, resumable. Returns (model, token_ordering, summary)."""
+    man = read_manifest(work)
+    if not man or not man["shards"]:
+        raise UserError(f"no training data in {work}; run the data phase first (train-assistant without --phase train)")
+    g = GGUFFile.open(model_path)
+    tcfg = Gemma3Config.from_gguf(g)
+    E = torch.from_numpy(np.ascontiguousarray(g.dequantize("token_embd.weight"), np.float32))
+    cfg = assistant_config_for(tcfg, g.arch, tc)
+    if tc.n_head % tcfg.n_head_kv:
+        raise UserError(f"--heads {tc.n_head} must be a multiple of the target's KV heads ({tcfg.n_head_kv})")
+    source_layers(cfg.sliding, tcfg.sliding)
+    clusters = work / "clusters.npz"
+    if clusters.exists():
+        z = np.load(clusters)
+        cent, order = z["centroids"], z["order"]
+    else:
+        t0 = time.perf_counter()
+        cent, order = balanced_kmeans(E.numpy(), cfg.n_centroids, seed=tc.seed, log=log)
+        np.savez(work / "clusters.tmp.npz", centroids=cent, order=order)
+        (work / "clusters.tmp.npz").replace(clusters)
+        log(f"clusters: {cfg.n_centroids} x {cfg.n_vocab // cfg.n_centroids} in {time.perf_counter() - t0:.1f} s")
+    cluster_of = torch.empty(cfg.n_vocab, dtype=torch.long)
+    cluster_of[torch.from_numpy(order)] = torch.arange(cfg.n_vocab) // (cfg.n_vocab // cfg.n_centroids)
+    onorm = torch.from_numpy(g.dequantize("output_norm.weight").astype(np.float32))
+    model = TorchAssistant(cfg, E, onorm, tc.seed)
+    model.centroids.data = torch.from_numpy(cent.copy())
+    seqs = [s for s in load_shards(work, man) if (s["argmax"] >= 0).sum() > 0]
+    n_tok = sum(int((s["argmax"] >= 0).sum()) for s in seqs)
+    n_batches = max(1, math.ceil(len(seqs) / tc.batch_seqs))
+    total = tc.max_steps or max(1, int(tc.epochs * n_batches))
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=0.0)
+    step = 0
+    ck = work / CKPT
+    if resume and ck.exists():
+        st = torch.load(ck, weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        step = st["step"]
+        log(f"train: resumed at step {step}/{total}")
+    gen = torch.Generator().manual_seed(tc.seed + step)
+    rng = np.random.default_rng(tc.seed + step)
+    hist = []
+    t0 = time.perf_counter()
+
+    def save():
+        tmp = ck.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "cfg": asdict(cfg)}, tmp)
+        tmp.replace(ck)
+
+    while step < total:
+        perm = rng.permutation(len(seqs))
+        for a in range(0, len(perm), tc.batch_seqs):
+            if step >= total:
+                break
+            lr = tc.lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / total))
+            for pg in opt.param_groups:
+                pg["lr"] = lr
+            batch = make_batch([seqs[i] for i in perm[a : a + tc.batch_seqs]], cfg, tcfg, tc.draft_steps)
+            loss, stats = batch_loss(model, batch, cluster_of, tc, gen)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            hist.append(float(loss.detach()))
+            if step % 10 == 0 or step == total:
+                s = " ".join(f"{k}={v:.3f}" for k, v in sorted(stats.items()))
+                log(f"train: step {step}/{total} loss {float(loss):.4f} {s} ({time.perf_counter() - t0:.0f} s)")
+            if step % tc.ckpt_every == 0:
+                save()
+    save()
+    return model, order, {"n_tokens": n_tok, "n_seqs": len(seqs), "steps": step, "losses": hist}
+
+
+def write_gguf(model: TorchAssistant, order: np.ndarray, out: Path, tokens: list[str], qtype: str,
+               extra: dict | None = None) -> Path:
+    tmp = out.with_name(out.name + ".tmp")
+    write_assistant_gguf(tmp, model.cfg, model.tensors(), order.astype(np.int32), tokens, qtype=qtype,
+                         extra_keys=extra)
+    tmp.replace(out)
+    return out

@@ -1,0 +1,108 @@
+"""``turbospec train-assistant``: build an MTP assistant for a target by distillation.
+
+Needs the optional ``train`` extra (``torch==2.13.0``, CPU build); PyTorch is imported inside
+the command only. Work (data shards, clusters, checkpoints) lives in ``--work`` so a job can
+span several sittings: rerun the same command with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from turbospec.errors import UserError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train-assistant",
+        help="train an MTP assistant (--spec mtp) for a model by distillation (needs torch)",
+        description="The target writes its own text from a prompt set (greedy and sampled); the assistant "
+        "learns its next tokens from its hidden states and KV. Checkpoints in --work; --resume continues.",
+    )
+    p.add_argument("--out", required=True, metavar="PATH", help="assistant GGUF to write (gemma4_assistant)")
+    p.add_argument("-m", "--model", default=None, metavar="PATH", help="target GGUF (default: the embedded model)")
+    p.add_argument("--tokens", type=int, default=200_000, help="generated target tokens to collect (default 200000)")
+    p.add_argument("--work", default=None, metavar="DIR",
+                   help="work folder for shards, clusters, checkpoints (default: <cache>/assistant-work/<model>)")
+    p.add_argument("--resume", action="store_true", help="continue the work already in --work")
+    p.add_argument("--phase", choices=["all", "data", "train"], default="all",
+                   help="data = generate only; train = train and write from the data already there")
+    p.add_argument("--prompts", default=None, metavar="FILE", help="prompt file (KIND<TAB>TEXT per line)")
+    p.add_argument("--batch", type=int, default=16, help="sequences generated together (default 16)")
+    p.add_argument("--max-new", type=int, default=384, help="generated tokens per sequence at most (default 384)")
+    p.add_argument("--layers", type=int, default=4, help="assistant layers (default 4; the last is global)")
+    p.add_argument("--n-ff", type=int, default=1024, help="assistant FFN width (default 1024)")
+    p.add_argument("--heads", type=int, default=4, help="assistant query heads (default 4)")
+    p.add_argument("--draft-steps", type=int, default=3, help="draft steps unrolled in training (default 3)")
+    p.add_argument("--top-k-clusters", type=int, default=32, help="centroid_top_k written to the file (default 32)")
+    p.add_argument("--epochs", type=float, default=2.0, help="passes over the data (default 2)")
+    p.add_argument("--steps", type=int, default=0, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--batch-seqs", type=int, default=4, help="sequences per training step (default 4)")
+    p.add_argument("--type", dest="qtype", choices=["f32", "f16", "q8_0"], default="q8_0",
+                   help="weight type of the written matrices (default q8_0)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_assistant)
+
+
+def cmd_train_assistant(args) -> int:
+    try:
+        import torch
+    except ImportError:
+        raise UserError(
+            "train-assistant needs PyTorch: pip install 'turbospec[train]' (torch==2.13.0, the CPU build)"
+        ) from None
+    from turbospec.engine import assistant_train as at
+    from turbospec.engine.loader import default_model_path, load_model, load_tokenizer
+    from turbospec.engine.weights import file_sha256
+    from turbospec.paths import cache_dir
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for name in ("tokens", "batch", "max_new", "layers", "n_ff", "heads", "draft_steps", "batch_seqs"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be 1 or more")
+    model_path = Path(args.model) if args.model else default_model_path()
+    target = load_model(model_path, quiet=True)
+    tok = load_tokenizer(target)
+    work = Path(args.work) if args.work else cache_dir() / "assistant-work" / file_sha256(model_path)[:16]
+    has_work = (work / at.MANIFEST).exists() or (work / at.CKPT).exists()
+    if has_work and not args.resume and args.phase == "all":
+        raise UserError(f"{work} already holds training work; pass --resume to continue it, or another --work")
+    out = Path(args.out)
+    if out.parent and not out.parent.exists():
+        raise UserError(f"folder {out.parent} does not exist; create it or choose another --out")
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    prompts = at.load_prompts(args.prompts)
+    dc = at.DataConfig(tokens=args.tokens, batch=args.batch, max_new=args.max_new, seed=args.seed)
+    t0 = time.perf_counter()
+    if args.phase in ("all", "data"):
+        man = at.generate_data(model_path, tok, work, dc, prompts, log=log)
+        log(f"data: {man['n_tokens']} target tokens in {len(man['shards'])} shards under {work}")
+        if man["n_tokens"] < dc.tokens:
+            log(f"data: the prompt set's jobs ran out at {man['n_tokens']} tokens")
+        if args.phase == "data":
+            return 0
+    tc = at.TrainConfig(n_layer=args.layers, n_ff=args.n_ff, n_head=args.heads, draft_steps=args.draft_steps,
+                        top_k_clusters=args.top_k_clusters, epochs=args.epochs, max_steps=args.steps, lr=args.lr,
+                        batch_seqs=args.batch_seqs, qtype=args.qtype, seed=args.seed)
+    model, order, summary = at.train(model_path, work, tc, resume=args.resume or args.phase == "train", log=log)
+    at.write_gguf(model, order, out, tok.tokens, args.qtype, extra={
+        "general.name": f"MTP assistant for {model_path.name}",
+        "general.source.description": "distilled from the target model (a Gemma model)",
+        "turbospec.train.target_tokens": int(summary["n_tokens"]),
+        "turbospec.train.steps": int(summary["steps"]),
+    })
+    log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {summary['n_tokens']} target tokens, "
+        f"{summary['steps']} steps, {time.perf_counter() - t0:.0f} s")
+    # the file must load and validate against the target it was built for
+    from turbospec.engine.models.gemma4_assistant import Gemma4Assistant
+
+    Gemma4Assistant.load(out).validate(target, tok.tokens)
+    return 0

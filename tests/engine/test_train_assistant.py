@@ -1,0 +1,132 @@
+"""train-assistant on the tiny target: the PyTorch target port against the NumPy engine, balanced
+k-means, resumable data generation, and a few training steps end to end (loss falls; the
+written GGUF loads, validates and drafts exactly in the speculative loop)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip(
+    "torch", reason="train-assistant needs the optional 'train' extra (pip install torch==2.13.0, CPU build)"
+)
+
+from turbospec.engine import assistant_train as at  # noqa: E402
+from turbospec.engine.generate import GenConfig, Session, generate  # noqa: E402
+from turbospec.engine.loader import load_model, load_tokenizer  # noqa: E402
+from turbospec.engine.models.gemma4_assistant import Gemma4Assistant  # noqa: E402
+from turbospec.engine.spec.loop import SpecConfig  # noqa: E402
+from turbospec.engine.spec.mtp import MTPDrafter  # noqa: E402
+
+PROMPTS = [("chat", "the cat is on the mat"), ("raw", "the dog and the cat"), ("chat", "a dog is on a mat")]
+
+
+@pytest.fixture(scope="module")
+def target(tiny_gguf):
+    torch.set_num_threads(1)
+    m = load_model(tiny_gguf, storage="f32", quiet=True)
+    return m, load_tokenizer(m)
+
+
+def test_torch_target_matches_numpy_engine(target, tiny_gguf):
+    model, tok = target
+    tm = at.TorchGemma3(tiny_gguf)
+    ids = tok.encode("the cat is on the mat and the dog", add_bos=True)
+    s = Session(model)
+    s.prefill(ids[:-3])
+    h_np = [s.hidden]
+    for t in ids[-3:]:
+        s.step([t])
+        h_np.append(s.hidden)
+    h_np = np.concatenate(h_np)
+    cache = tm.new_cache(2, 32)
+    rows = torch.tensor([1])
+    n0 = len(ids) - 3
+    h = [tm.forward(torch.tensor([ids[:n0]]), torch.arange(n0)[None], cache, rows)[0]]
+    for i, t in enumerate(ids[-3:]):
+        h.append(tm.forward(torch.tensor([[t]]), torch.tensor([[n0 + i]]), cache, rows)[0])
+    h = torch.cat(h).numpy()
+    assert len(ids) > model.cfg.window  # the sliding mask is exercised
+    np.testing.assert_allclose(h, h_np, rtol=1e-4, atol=1e-4)
+    lay = s.cache.layers[tm.src["g"]]  # the recorded K is the f16 cache's K (to an f16 rounding step)
+    k_engine = lay.k[: len(ids)].view(np.float16).astype(np.float32)
+    np.testing.assert_allclose(cache[tm.src["g"]][0][1, : len(ids)].float().numpy(), k_engine, rtol=2e-3, atol=2e-3)
+
+
+def test_balanced_kmeans_sizes_and_recovery():
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((8, 16)) * 5
+    X = (centers[np.repeat(np.arange(8), 32)] + rng.standard_normal((256, 16)) * 0.3).astype(np.float32)
+    perm = rng.permutation(256)
+    cent, order = at.balanced_kmeans(X[perm], 8, iters=5, log=lambda m: None)
+    assert sorted(order.tolist()) == list(range(256))
+    truth = np.repeat(np.arange(8), 32)[perm]
+    for c in range(8):  # each balanced cluster is one true cluster
+        assert len(set(truth[order[c * 32 : (c + 1) * 32]].tolist())) == 1
+    # uneven data still gets exactly V / C rows per cluster
+    Y = np.concatenate([rng.standard_normal((200, 4)), rng.standard_normal((56, 4)) + 9]).astype(np.float32)
+    _, o2 = at.balanced_kmeans(Y, 4, iters=3, log=lambda m: None)
+    assert sorted(o2.tolist()) == list(range(256))
+    assert at.cluster_geometry(262144) == (2048, 128)
+    assert at.cluster_geometry(384) == (3, 128)
+
+
+def test_data_generation_resumes(target, tiny_gguf, tmp_path):
+    model, tok = target
+    dc = at.DataConfig(tokens=40, batch=3, max_new=12, seed=1)
+    m1 = at.generate_data(tiny_gguf, tok, tmp_path, dc, PROMPTS, log=lambda m: None)
+    n1 = len(m1["shards"])
+    assert m1["n_tokens"] >= 36
+    dc.tokens = 100
+    m2 = at.generate_data(tiny_gguf, tok, tmp_path, dc, PROMPTS, log=lambda m: None)
+    assert m2["shards"][:n1] == m1["shards"] and len(m2["shards"]) > n1
+    jobs = [j for s in m2["shards"] for j in s["jobs"]]
+    assert len(jobs) == len(set(jobs))  # no job generated twice
+    seqs = at.load_shards(tmp_path, json.loads((tmp_path / at.MANIFEST).read_text()))
+    s = seqs[0]
+    n = len(s["tokens"])
+    assert s["h"].shape == (n, model.cfg.n_embd) and s["k_s"].shape == (n, model.cfg.n_head_kv, model.cfg.head_dim)
+    # greedy job 0: the recorded argmax is the next token wherever one was generated
+    gen = np.nonzero(s["argmax"] >= 0)[0]
+    assert m2["shards"][0]["jobs"][0] == 0
+    assert (s["argmax"][gen[:-1]] == s["tokens"][gen[:-1] + 1]).all()
+    # the recorded hidden state equals the engine's
+    sess = Session(model)
+    sess.prefill(s["tokens"][:-1].tolist())
+    np.testing.assert_allclose(s["h"][: n - 1].astype(np.float32), sess.hidden, rtol=2e-3, atol=2e-3)
+
+
+def test_tiny_training_loss_falls_and_file_drafts(target, tiny_gguf, tmp_path, capsys):
+    from turbospec.cli import main
+
+    model, tok = target
+    work, out = tmp_path / "work", tmp_path / "a.gguf"
+    pf = tmp_path / "prompts.txt"
+    pf.write_text("".join(f"{k}\t{t}\n" for k, t in PROMPTS))
+    args = ["train-assistant", "--out", str(out), "-m", str(tiny_gguf), "--work", str(work), "--prompts", str(pf),
+            "--tokens", "150", "--batch", "3", "--max-new", "16", "--layers", "2", "--n-ff", "64", "--heads", "4",
+            "--steps", "40", "--lr", "3e-3", "--batch-seqs", "3", "--type", "f16", "--threads", "1"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    losses = [float(ln.split(" loss ")[1].split()[0]) for ln in err.splitlines() if " loss " in ln]
+    assert len(losses) == 4 and losses[-1] < 0.7 * losses[0], err
+    a = Gemma4Assistant.load(out)
+    a.validate(model, tok.tokens)
+    assert a.cfg.use_target_embeddings and a.cfg.n_centroids == 3 and a.cfg.sliding == [True, False]
+    # resume: more steps continue from the checkpoint (and a fresh run without --resume refuses)
+    assert main(args[:-8] + ["--steps", "50", "--lr", "3e-3", "--batch-seqs", "3", "--resume"]) == 0
+    assert "resumed at step 40/50" in capsys.readouterr().err
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    # the file drafts inside the speculative loop; greedy output equals plain decoding
+    d = MTPDrafter.load(out, model, tok)
+    ids = tok.encode("the cat is on the mat", add_bos=True)
+    cfg = GenConfig(n_predict=20, ignore_eos=True)
+    try:
+        res = generate(model, tok, ids, cfg, drafter=d, spec=SpecConfig(block_size=3))
+    finally:
+        d.close()
+    assert res.tokens == generate(model, tok, ids, cfg).tokens
+    assert res.spec["n_drafted"] > 0

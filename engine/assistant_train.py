@@ -9,7 +9,7 @@ several sittings (``--resume``):
    the Gemma 3 forward (``TorchGemma3``; its hidden states match the NumPy engine's, test
    beside it). Per position it records: the token id, h (final-norm hidden, f16), the K/V of
    the two source layers (last sliding, last global; f16, K after its norm and RoPE, as the
-   f16 cache holds them), the target's argmax next token and its top-8 ids. One ``.npz``
+   f16 cache holds them), the target's argmax next token and its top-8 ids and logits. One ``.npz``
    shard per batch plus ``manifest.json`` (written last, atomically): a resumed run skips the
    jobs a shard already holds.
 2. clusters (``balanced_kmeans``): centroids and token_ordering from k-means over the
@@ -187,7 +187,7 @@ def rope_t(x: torch.Tensor, pos: torch.Tensor, base: float) -> torch.Tensor:
 class DataConfig:
     tokens: int = 200_000  # generated target tokens to collect
     batch: int = 16  # sequences generated together
-    max_new: int = 384  # generated tokens per sequence at most
+    max_new: int = 320  # generated tokens per sequence at most
     seed: int = 0
     top_k: int = 64  # sampling: top-k then temperature
 
@@ -226,6 +226,7 @@ def generate_batch(tm: TorchGemma3, prompts: list[list[int]], temps: list[float]
     H = torch.zeros(B, Tc, c.n_embd, dtype=torch.float16)
     am = torch.full((B, Tc), -1, dtype=torch.int32)
     topk = torch.full((B, Tc, TOPK), -1, dtype=torch.int32)
+    topv = torch.zeros(B, Tc, TOPK, dtype=torch.float16)
     toks = torch.zeros(B, Tc, dtype=torch.long)
     last_h = torch.zeros(B, c.n_embd)
     for b, p in enumerate(prompts):  # prefill one by one (lengths differ)
@@ -240,7 +241,8 @@ def generate_batch(tm: TorchGemma3, prompts: list[list[int]], temps: list[float]
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     for _ in range(dc.max_new):
         lg = tm.logits(last_h)
-        ti = lg.topk(TOPK, dim=-1).indices.to(torch.int32)
+        tv, ti = lg.topk(TOPK, dim=-1)
+        ti = ti.to(torch.int32)
         nxt = ti[:, 0].long().clone()
         for b in range(B):
             if temps[b] > 0 and not done[b]:
@@ -251,6 +253,7 @@ def generate_batch(tm: TorchGemma3, prompts: list[list[int]], temps: list[float]
         pos = length - 1  # the position whose output these logits are
         am[rows[live], pos[live]] = ti[live, 0]
         topk[rows[live], pos[live]] = ti[live]
+        topv[rows[live], pos[live]] = tv[live].half()
         toks[rows[live], length[live]] = nxt[live]
         length = length + live.long()
         done = done | torch.tensor([int(t) in stop for t in nxt]) & live
@@ -268,7 +271,7 @@ def generate_batch(tm: TorchGemma3, prompts: list[list[int]], temps: list[float]
             kv[f"k_{name}"] = cache[li][0][b, :n].numpy()
             kv[f"v_{name}"] = cache[li][1][b, :n].numpy()
         out.append({"tokens": toks[b, :n].numpy().astype(np.int32), "h": H[b, :n].numpy(),
-                    "argmax": am[b, :n].numpy(), "topk": topk[b, :n].numpy(),
+                    "argmax": am[b, :n].numpy(), "topk": topk[b, :n].numpy(), "topv": topv[b, :n].numpy(),
                     "n_prompt": np.int64(len(prompts[b])), **kv})
     return out
 
@@ -702,7 +705,7 @@ def train(model_path: Path, work: Path, tc: TrainConfig, resume: bool,
             hist.append(float(loss.detach()))
             if step % 10 == 0 or step == total:
                 s = " ".join(f"{k}={v:.3f}" for k, v in sorted(stats.items()))
-                log(f"train: step {step}/{total} loss {float(loss):.4f} {s} ({time.perf_counter() - t0:.0f} s)")
+                log(f"train: step {step}/{total} loss {hist[-1]:.4f} {s} ({time.perf_counter() - t0:.0f} s)")
             if step % tc.ckpt_every == 0:
                 save()
     save()

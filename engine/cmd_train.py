@@ -31,7 +31,7 @@ def register(sub) -> None:
                    help="data = generate only; train = train and write from the data already there")
     p.add_argument("--prompts", default=None, metavar="FILE", help="prompt file (KIND<TAB>TEXT per line)")
     p.add_argument("--batch", type=int, default=16, help="sequences generated together (default 16)")
-    p.add_argument("--max-new", type=int, default=384, help="generated tokens per sequence at most (default 384)")
+    p.add_argument("--max-new", type=int, default=320, help="generated tokens per sequence at most (default 320)")
     p.add_argument("--layers", type=int, default=4, help="assistant layers (default 4; the last is global)")
     p.add_argument("--n-ff", type=int, default=1024, help="assistant FFN width (default 1024)")
     p.add_argument("--heads", type=int, default=4, help="assistant query heads (default 4)")
@@ -43,7 +43,9 @@ def register(sub) -> None:
     p.add_argument("--batch-seqs", type=int, default=4, help="sequences per training step (default 4)")
     p.add_argument("--type", dest="qtype", choices=["f32", "f16", "q8_0"], default="q8_0",
                    help="weight type of the written matrices (default q8_0)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: on a shared, loaded machine 2 OpenMP threads ran 9x slower; "
+                   "raise it on an idle one)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train_assistant)
 
@@ -60,8 +62,9 @@ def cmd_train_assistant(args) -> int:
     from turbospec.engine.weights import file_sha256
     from turbospec.paths import cache_dir
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        raise UserError(f"--threads {args.threads} must be 1 or more")
+    torch.set_num_threads(args.threads)
     for name in ("tokens", "batch", "max_new", "layers", "n_ff", "heads", "draft_steps", "batch_seqs"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be 1 or more")

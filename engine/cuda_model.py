@@ -58,6 +58,14 @@ def split_bucket(n_cells: int, min_chunk: int = 128) -> int:
     return s
 
 
+def _cols(a: Any, n: int) -> tuple[Any, Any]:
+    """(a[:, :n], a[:, n:]); for one row as contiguous views (the decode step copies nothing)."""
+    if a.shape[0] == 1:
+        flat = a.reshape(-1)
+        return flat[:n].reshape(1, n), flat[n:].reshape(1, -1)
+    return a[:, :n], a[:, n:]
+
+
 @dataclass
 class DevWeight:
     data: Any  # uint8 raw GGML bytes on the device
@@ -259,7 +267,11 @@ class DeviceRunner:
 
     # -- pieces ---------------------------------------------------------------------------------
     def _mm(self, w: DevWeight, x: Any, out: Any, b: _Bufs) -> Any:
+        """out = x W^T; one token goes through the matvec kernel (the decode path)."""
         xr = b.xr[: x.size] if w.wtype.startswith("tq") else None
+        if x.shape[0] == 1:
+            self.L.matvec(w.data, w.wtype, x.reshape(-1), w.rows, out=out.reshape(-1), xr=xr)
+            return out
         return self.L.matmul(w.data, w.wtype, x, w.rows, out=out, xr=xr)
 
     def _layer(self, i: int, b: _Bufs, cache: DeviceKV, pos0: int, positions: Any, dyn: bool, splits: Any) -> None:
@@ -268,7 +280,7 @@ class DeviceRunner:
         hd, nq = c.head_dim, c.n_head * c.head_dim
         if self.qk_fused:
             self._mm(lw.qk, b.h, b.qk, b)
-            q, k = b.qk[:, :nq], b.qk[:, nq:]
+            q, k = _cols(b.qk, nq)
         else:
             q, k = self._mm(lw.q, b.h, b.q, b), self._mm(lw.k, b.h, b.k, b)
         self._mm(lw.v, b.h, b.v, b)
@@ -304,7 +316,7 @@ class DeviceRunner:
         L.add_rmsnorm(b.x, b.o, lw.post_attention_norm, lw.ffn_norm, c.eps, h=b.h)
         if self.gu_fused:
             self._mm(lw.gu, b.h, b.gu, b)
-            g, u = b.gu[:, : c.n_ff], b.gu[:, c.n_ff:]
+            g, u = _cols(b.gu, c.n_ff)
         else:
             g, u = self._mm(lw.gate, b.h, b.g, b), self._mm(lw.up, b.h, b.u, b)
         L.geglu(g, u, out=b.act)
@@ -348,15 +360,20 @@ class DeviceRunner:
             with self.stream:
                 g = cache.graphs.get(splits)
                 if g is not None:
-                    g.launch(self.stream)
+                    g[0].launch(self.stream)
                 else:  # run it once (loads every kernel), then capture it for the next steps
                     self._decode_body(cache, pos, splits)
-                    self.stream.begin_capture()
-                    try:
-                        self._decode_body(cache, pos, splits)
-                    finally:
-                        graph = self.stream.end_capture()
-                    cache.graphs[splits] = graph
+                    # the step allocates nothing; should a temporary slip in, it comes from a pool
+                    # that lives with the graph, so no later allocation can reuse its memory
+                    pool = self.xp.cuda.MemoryPool()
+                    with self.xp.cuda.using_allocator(pool.malloc):
+                        self.stream.begin_capture()
+                        try:
+                            self._decode_body(cache, pos, splits)
+                        finally:
+                            graph = self.stream.end_capture()
+                    cache.graphs[splits] = (graph, pool)
+                    g = None
         cache.n_past = pos + 1
 
     def _prefill(self, tokens: np.ndarray, cache: DeviceKV) -> _Bufs:
@@ -497,7 +514,8 @@ def load_device_model(path: Any = None, backend: str = "cupy", use_graph: bool =
     """Open a Gemma 3 GGUF (None = the default model) for the CUDA kernels.
 
     backend "cupy": weights and caches on the GPU (CUDA graph of the decode step unless
-    ``use_graph`` is False); "emu": NumPy arrays through the host harness (tests; slow)."""
+    ``use_graph`` is False or TURBOSPEC_CUDA_GRAPH=0); "emu": NumPy arrays through the host harness (tests; slow)."""
+    import os
     from pathlib import Path
 
     from turbospec.engine.gguf import GGUFFile
@@ -506,6 +524,7 @@ def load_device_model(path: Any = None, backend: str = "cupy", use_graph: bool =
     from turbospec.engine.weights import StoragePolicy, WeightStore
     from turbospec.errors import UserError
 
+    use_graph = use_graph and os.environ.get("TURBOSPEC_CUDA_GRAPH", "1") != "0"
     if backend == "cupy":
         try:
             import cupy as xp

@@ -154,3 +154,49 @@ def test_cache_grows_and_unknown_types_fail(models):
         dev.new_cache(KVConfig(type_k="q8_0", type_v="q8_0", equalize=0.5))
     with pytest.raises(UserError, match="outside the vocabulary"):
         dev.forward([10**6], dev.new_cache(KVConfig()))
+
+
+def test_decode_step_replays_like_a_cuda_graph(tmp_path, monkeypatch):
+    """What a CUDA graph does — replay the first step's launches with their arguments frozen,
+    only the device array [token, position, position + 1] rewritten — gives, step after step,
+    the logits of running every step afresh: nothing position-dependent is baked into the step.
+    head_dim 256 (no pad copies outside the kernels), so the launches are the whole step."""
+    from tinymodel import TinySpec, write_tiny_gguf
+
+    from turbospec.engine.cuda_model import load_device_model
+    from turbospec.engine.kv.cache import KVConfig
+    from turbospec.engine.loader import load_model
+
+    spec = TinySpec(n_layer=2, n_embd=64, n_head=2, n_head_kv=1, head_dim=256, n_ff=64, n_vocab=300, window=4,
+                    period=2)
+    path = write_tiny_gguf(tmp_path / "hd256.gguf", spec)
+    dev, ref = load_device_model(path, "emu"), load_model(path, storage="f32", quiet=True)
+    r, kv = dev.runner, KVConfig(type_k="turbo3", type_v="q8_0")
+    prompt, seq = [2, 270, 281], [290, 275, 299, 264, 280, 271]  # positions 3..8: past the window of 4
+    c1, rc = dev.new_cache(kv), ref.new_cache(kv)
+    dev.forward(prompt, c1, logits_rows=None)
+    ref.forward(prompt, rc, logits_rows=None)
+    fresh = []
+    for t in seq:
+        fresh.append(dev.forward([t], c1, logits_rows="all")[0][0])
+        assert _rel(fresh[-1], ref.forward([t], rc, logits_rows="all")[0][0]) < 1e-3
+    c2 = dev.new_cache(kv)
+    dev.forward(prompt, c2, logits_rows=None)
+    recorded, real = [], loader.launch
+
+    def record(*a, **k):
+        recorded.append((a, k))
+        real(*a, **k)
+
+    monkeypatch.setattr(loader, "launch", record)
+    first = dev.forward([seq[0]], c2, logits_rows="all")[0][0]
+    monkeypatch.setattr(loader, "launch", real)
+    np.testing.assert_array_equal(first, fresh[0])
+    for j, t in enumerate(seq[1:], 1):
+        pos = c2.n_past
+        r.dec.io[:] = [t, pos, pos + 1]
+        for a, k in recorded:
+            real(*a, **k)
+        c2.n_past = pos + 1
+        np.testing.assert_array_equal(r.dec.logits, fresh[j])
+        assert int(r.dec.next_id[0]) == int(np.argmax(fresh[j]))

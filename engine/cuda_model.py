@@ -77,7 +77,8 @@ class DevWeight:
 class DeviceKV:
     """Per-layer K/V caches on the device: ``k[i]``, ``v[i]`` uint8 [cap, n_kv_heads, row_bytes]."""
 
-    def __init__(self, runner: DeviceRunner, types: list[tuple[str, str]], cap: int = 256):
+    def __init__(self, runner: DeviceRunner, types: list[tuple[str, str]], cap: int = 256,
+                 calibrate: Any = None, eq_tokens: int = 512):
         self.runner = runner
         self.types = types
         self.n_past = 0
@@ -85,6 +86,13 @@ class DeviceKV:
         self.k: list[Any] = []
         self.v: list[Any] = []
         self.graphs: dict[Any, Any] = {}  # CUDA graphs of the decode step over these buffers
+        # K equalization (engine/kv/equalize.py): calibrate(K rows [n, head_dim] f32) -> scales s, on
+        # layers whose K type is quantized, from the first forward's first eq_tokens tokens; K * s is
+        # stored, Q / s scores. eq[i]: s padded with ones to 256 (a fixed device buffer: graph-safe).
+        self.calibrate, self.eq_tokens = calibrate, eq_tokens
+        on = calibrate is not None
+        self.eq = [runner.xp.ones((ATT_D,), runner.xp.float32) if on and tk != "f16" else None for tk, _ in types]
+        self.eq_set = [False] * len(types)
         self._alloc(cap)
 
     def _row_bytes(self, t: str) -> int:
@@ -109,10 +117,17 @@ class DeviceKV:
 
     def clear(self) -> None:
         self.n_past = 0
+        self.eq_set = [False] * len(self.types)  # a new context calibrates again (as engine/kv/cache.py)
 
     def truncate(self, n_past: int) -> None:
         """Forget positions >= n_past (cells past n_past are never read before being rewritten)."""
         self.n_past = max(0, min(self.n_past, n_past))
+        if self.n_past == 0:
+            self.clear()
+
+    @property
+    def needs_calibration(self) -> bool:
+        return any(e is not None and not done for e, done in zip(self.eq, self.eq_set, strict=True))
 
     @property
     def bytes_per_token(self) -> int:
@@ -298,7 +313,16 @@ class DeviceRunner:
         L.rope_neox(ka, positions, base, n_rot=hd)
         tk, tv = cache.types[i]
         pos_dev = b.io[1:2] if dyn else None
-        L.kv_append(ka, cache.k[i], tk, pos0, pos_dev=pos_dev)
+        eq = cache.eq[i]
+        if eq is not None:
+            if not cache.eq_set[i]:  # the first forward of this context: never inside a graph capture
+                rows = self._host(ka[:, :, :hd]).reshape(-1, hd)[: cache.eq_tokens * c.n_head_kv]
+                s = np.ones(ATT_D, np.float32)
+                s[:hd] = cache.calibrate(rows)
+                self._upload(eq, s)
+                cache.eq_set[i] = True
+            self.xp.divide(qa, eq, out=qa)
+        L.kv_append(ka, cache.k[i], tk, pos0, eq=eq, pos_dev=pos_dev)
         L.kv_append(va, cache.v[i], tv, pos0, pos_dev=pos_dev)
         win = self.window[i]
         if dyn:
@@ -354,7 +378,7 @@ class DeviceRunner:
         win = max((w for w in self.window if w), default=0)
         splits = (split_bucket(min(pos + 1, win) if win else 1), split_bucket(pos + 1))
         self._upload(self.dec.io, np.array([token, pos, pos + 1], np.int32))
-        if not self.use_graph:
+        if not self.use_graph or cache.needs_calibration:
             self._decode_body(cache, pos, splits)
         else:
             with self.stream:
@@ -418,14 +442,15 @@ class DeviceRunner:
         return logits
 
     # -- the model interface -------------------------------------------------------------------
-    def new_cache(self, types: list[tuple[str, str]], cap: int = 256) -> DeviceKV:
+    def new_cache(self, types: list[tuple[str, str]], cap: int = 256, calibrate: Any = None,
+                  eq_tokens: int = 512) -> DeviceKV:
         if len(types) != self.cfg.n_layer:
             raise ValueError(f"{len(types)} cache types for {self.cfg.n_layer} layers")
         for tk, tv in types:
             for tname in (tk, tv):
                 if tname not in self.L.KV_TYPE_ID:
                     raise ValueError(f"no CUDA cache type {tname!r}; have {', '.join(self.L.KV_TYPE_ID)}")
-        return DeviceKV(self, types, cap)
+        return DeviceKV(self, types, cap, calibrate, eq_tokens)
 
     def forward(self, tokens: Any, cache: DeviceKV, logits_rows: Any = "last",
                 want_hidden: bool = True) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -485,15 +510,25 @@ class DeviceGemma3:
         from turbospec.errors import UserError
 
         kv = kv or KVConfig()
-        if kv.equalize or kv.k_outliers:
-            raise UserError("K equalization and outlier channels are not on the CUDA backend yet; "
-                            "drop --kv-equalize/--kv-k-outliers or use --backend numpy")
+        if kv.k_outliers:
+            raise UserError("outlier K channels (--kv-k-outliers, recipe turbo3-k) are not on the CUDA backend yet; "
+                            "drop them or use --backend numpy")
+        calibrate = None
+        if kv.equalize:
+            from turbospec.engine.kv.equalize import compute_scales
+
+            hd = self.cfg.head_dim
+
+            def calibrate(rows: np.ndarray) -> np.ndarray:
+                if kv.rope_pairs and hd % 2 == 0:
+                    rows = np.concatenate([rows, np.roll(rows, hd // 2, axis=-1)])
+                return compute_scales(rows, kv.equalize)
         for key in kv.layer_types:
             if not -self.cfg.n_layer <= key < self.cfg.n_layer:
                 raise UserError(f"per-layer cache type for layer {key}, but the model has {self.cfg.n_layer} layers")
         types = [kv.types_for(i, self.cfg.n_layer) for i in range(self.cfg.n_layer)]
         try:
-            return self.runner.new_cache(types)
+            return self.runner.new_cache(types, calibrate=calibrate, eq_tokens=kv.equalize_tokens)
         except ValueError as e:
             raise UserError(f"{e}; pick another -ctk/-ctv or use --backend numpy") from None
 

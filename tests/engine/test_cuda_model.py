@@ -100,6 +100,31 @@ def test_device_model_equals_numpy_model(models, kt, vt):
     assert dc.n_past == rc.n_past == len(PROMPT) + STEPS
 
 
+@pytest.mark.parametrize("kt", ["q4_0", "turbo3"])
+def test_k_equalization_equals_numpy_cache(models, kt):
+    """--kv-equalize: scales from the first forward's K (engine/kv/equalize.compute_scales),
+    K * s stored, Q / s scored — as engine/kv/cache.py; recalibrated after clear()."""
+    from turbospec.engine.kv.cache import KVConfig
+
+    ref, dev = models
+    kv = KVConfig(type_k=kt, type_v="q8_0", equalize=0.5, layer_types={0: ("f16", "f16")})
+    rc, dc = ref.new_cache(kv), dev.new_cache(kv)
+    assert dc.eq[0] is None and dc.eq[1] is not None
+    for prompt in (PROMPT, [2, 290, 291, 275, 300, 301, 302]):  # the second context gets its own scales
+        exp, _ = ref.forward(prompt, rc, logits_rows="all")
+        got, _ = dev.forward(prompt, dc, logits_rows="all")
+        assert _rel(got, exp) < 1e-3
+        for t in (300, 270):
+            exp, _ = ref.forward([t], rc)
+            got, _ = dev.forward([t], dc)
+            assert _rel(got, exp) < 1e-3
+        s = np.array(dc.eq[1][:32])
+        assert not np.allclose(s, 1) and np.allclose(s, rc.layers[1].eq_scale, rtol=1e-5)
+        rc.clear()
+        dc.clear()
+        assert dc.needs_calibration
+
+
 def test_greedy_next_rollback_and_generate(models):
     """greedy_next returns only ids (prefill and decode), truncate() rolls back like the NumPy
     cache, and generate() runs unchanged on the device model."""
@@ -150,8 +175,8 @@ def test_cache_grows_and_unknown_types_fail(models):
     got, _ = dev.forward(PROMPT[3:], dc)
     exp, _ = ref.forward(PROMPT, rc)
     assert dc.cap == 8 and _rel(got, exp) < 1e-3
-    with pytest.raises(UserError, match="equalization"):
-        dev.new_cache(KVConfig(type_k="q8_0", type_v="q8_0", equalize=0.5))
+    with pytest.raises(UserError, match="outlier"):
+        dev.new_cache(KVConfig(type_k="q8_0", type_v="q8_0", k_outliers=4))
     with pytest.raises(UserError, match="outside the vocabulary"):
         dev.forward([10**6], dev.new_cache(KVConfig()))
 

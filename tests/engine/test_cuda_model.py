@@ -100,7 +100,7 @@ def test_device_model_equals_numpy_model(models, kt, vt):
     assert dc.n_past == rc.n_past == len(PROMPT) + STEPS
 
 
-@pytest.mark.parametrize("kt", ["q4_0", "turbo3"])
+@pytest.mark.parametrize("kt", ["q8_0", "turbo3"])
 def test_k_equalization_equals_numpy_cache(models, kt):
     """--kv-equalize: scales from the first forward's K (engine/kv/equalize.compute_scales),
     K * s stored, Q / s scored — as engine/kv/cache.py; recalibrated after clear()."""

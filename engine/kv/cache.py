@@ -33,6 +33,7 @@ import numpy as np
 
 from turbospec.errors import UserError
 
+EXACT_BATCH_MAX = 32  # batches up to this size (verification) attend token by token; see attend()
 ATTN_TILE = 2048  # cells per attention tile (decoded K+V tile: 2 x 2048 x 256 x 4 B = 4 MB)
 
 
@@ -305,6 +306,17 @@ class LayerKV:
         read-only (the MTP drafter reading the target's cache): cells at positions <= max_pos.
         """
         T, n_head, hd = q.shape
+        if k_new is not None and 1 < T <= EXACT_BATCH_MAX:
+            # A verification batch attends token by token, exactly as plain decoding does one
+            # token per step: same cells, same order, same tiles, same shapes. With the
+            # linear products done token by token too (engine/linear.py), verification and
+            # plain decoding agree bit for bit, so greedy speculative decoding stays
+            # token-identical even where a quantized cache turns last-bit differences into
+            # different codes.
+            return np.concatenate(
+                [self.attend(q[t : t + 1], qpos[t : t + 1], scale, k_new[t : t + 1], v_new[t : t + 1])
+                 for t in range(T)]
+            )
         g = n_head // self.n_head_kv
         q = q.astype(np.float32, copy=False)
         new_k = new_v = new_o = None

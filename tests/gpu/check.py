@@ -173,6 +173,17 @@ def check_all(dev: Dev, small: bool, rng: np.random.Generator) -> list[Row]:
         add(f"matvec_{wt}", f"{nr}x{k}",
             lambda dwq=dwq, wt=wt, dxv=dxv, nr=nr, dy=dy: L.matvec(dwq, wt, dxv, nr, out=dy),
             wq.nbytes + xv.nbytes + 4 * nr, err, 1e-4)
+    # the embedding lookup (get_rows: dequantized rows by id; TQ rows un-rotated in registers)
+    for wt in ("q8_0", "tq4_1s"):
+        nr, k, n_ids = 4096, n_embd, prefill
+        wq = R.random_weight(rng, wt, nr, k)
+        ids = rng.integers(0, nr, n_ids).astype(np.int32)
+        dwq, dids, dy = put(wq), put(ids), xp.empty((n_ids, k), xp.float32)
+        L.get_rows(dwq, wt, dids, k, 25.3, out=dy)
+        sub = wq.reshape(nr, -1)[ids].reshape(-1)
+        add(f"get_rows_{wt}", f"{n_ids}x{k}",
+            lambda dwq=dwq, wt=wt, dids=dids, k=k, dy=dy: L.get_rows(dwq, wt, dids, k, 25.3, out=dy),
+            sub.nbytes + 4 * n_ids * k, rel_err(get(dy), R.dequant_rows(sub, wt, n_ids, k) * 25.3), 1e-5)
     wt, nr, k = "q5_0", n_ff, n_embd
     wq = R.random_weight(rng, wt, nr, k)
     xm = rng.standard_normal((prefill, k)).astype(np.float32)

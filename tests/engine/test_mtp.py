@@ -334,3 +334,31 @@ def test_shipped_head_missing_is_one_line(target, monkeypatch):
     monkeypatch.setattr(mtp, "shipped_head_path", lambda: None)
     with pytest.raises(UserError, match="train-assistant"):
         MTPDrafter.load(None, model, tok)
+
+
+def test_cli_run_spec_mtp_trace_and_errors(target, tiny_gguf, tmp_path, capsys):
+    """`turbospec run --spec mtp --mtp-head PATH --trace`: the fork's draft lines (h_l2 = ||h_prev||),
+    output equal to plain greedy; a head for another target is refused in one line."""
+    import json
+
+    from turbospec.cli import main
+
+    model, tok = target
+    head = write_random(tmp_path / "a.gguf", model, tok.tokens, seed=6)
+    base = ["run", "-m", str(tiny_gguf), "-p", PROMPT, "-n", "20", "--ignore-eos", "--backend", "numpy", "--json"]
+    assert main(base) == 0
+    plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    tr = tmp_path / "t.ndjson"
+    assert main(base + ["--spec", "mtp", "--mtp-head", str(head), "--draft-block-size", "3", "--trace", str(tr)]) == 0
+    d = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert d["tokens"] == plain["tokens"] and d["rounds"] > 0
+    drafts = [json.loads(ln) for ln in tr.read_text().splitlines() if '"mtp_draft"' in ln]
+    assert drafts and all(o["drafter"] == "mtp" for o in drafts)
+    assert {o["path"] for o in drafts} <= {"sync", "lazy", "skip-nsteps", "skip-streak"}
+    assert all(o["h_l2"] > 0 and len(o["drafts"]) <= 2 for o in drafts)
+    other = write_random(tmp_path / "b.gguf", model, tok.tokens, seed=6, requires_target_arch="gemma4")
+    assert main(base + ["--spec", "mtp", "--mtp-head", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "built for target architecture 'gemma4'" in err and "Traceback" not in err
+    assert main(base + ["--spec", "mtp", "--mtp-head", str(tmp_path / "none.gguf")]) == 2
+    assert "MTP head not found" in capsys.readouterr().err

@@ -130,3 +130,49 @@ def test_tiny_training_loss_falls_and_file_drafts(target, tiny_gguf, tmp_path, c
         d.close()
     assert res.tokens == generate(model, tok, ids, cfg).tokens
     assert res.spec["n_drafted"] > 0
+
+
+def test_torch_assistant_step_matches_numpy_inference(target, tiny_gguf, tmp_path):
+    """What training computes (teacher-forced, all anchors at once) is what the drafter computes."""
+    from turbospec.engine.gguf import GGUFFile
+    from turbospec.engine.models.gemma3 import Gemma3Config
+
+    model, tok = target
+    c = model.cfg
+    ids = tok.encode("the cat is on the mat and the dog is on", add_bos=True)
+    assert c.window < len(ids) < c.window + 32  # the sliding mask matters; the ring has not wrapped
+    s = Session(model)
+    s.prefill(ids)
+    src = {"s": max(i for i, x in enumerate(c.sliding) if x), "g": max(i for i, x in enumerate(c.sliding) if not x)}
+    n = len(ids)
+    seq = {"tokens": np.array(ids, np.int32), "h": s.hidden.astype(np.float16), "argmax": np.zeros(n, np.int32),
+           "topk": np.zeros((n, at.TOPK), np.int32)}
+    for name, li in src.items():
+        lay = s.cache.layers[li]
+        assert (lay.pos[:n] == np.arange(n)).all()
+        seq[f"k_{name}"] = lay.k[:n].view(np.float16).reshape(n, c.n_head_kv, c.head_dim)
+        seq[f"v_{name}"] = lay.v[:n].view(np.float16).reshape(n, c.n_head_kv, c.head_dim)
+    tcfg = Gemma3Config.from_gguf(GGUFFile.open(tiny_gguf))
+    tc = at.TrainConfig(n_layer=2, n_ff=48, n_head=4)
+    cfg = at.assistant_config_for(tcfg, "gemma3", tc)
+    E = torch.from_numpy(GGUFFile.open(tiny_gguf).dequantize("token_embd.weight"))
+    tm = at.TorchAssistant(cfg, E, None, seed=3)
+    with torch.no_grad():
+        for p in tm.parameters():  # move away from the identity-like init
+            p.add_(torch.randn(p.shape) * 0.1)
+    order = np.random.default_rng(0).permutation(cfg.n_vocab)
+    out = at.write_gguf(tm, order, tmp_path / "a.gguf", tok.tokens, "f32")
+    a = Gemma4Assistant.load(out)
+    a.validate(model, tok.tokens)
+    batch = at.make_batch([seq], cfg, tcfg, 3)
+    h_prev = batch["H"]
+    outs = []
+    with torch.no_grad():
+        for st in batch["steps"]:
+            h_inner, h_prev = tm.step(st["tok"], h_prev, st["pos"], batch["kv"], st["masks"])
+            outs.append(h_inner[0].numpy())
+    for t in (2, n - 6, n - 4):
+        h = s.hidden[t]
+        for k in range(3):
+            h_in, h = a.step(model, s.cache, ids[t + 1 + k], h, t, k)
+            np.testing.assert_allclose(outs[k][t], h_in, rtol=2e-3, atol=2e-3 * np.abs(h_in).max())

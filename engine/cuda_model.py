@@ -544,6 +544,21 @@ class DeviceGemma3:
         return self.runner.greedy_next(tokens, cache)
 
 
+def gguf_tensors(g: Any) -> dict[str, tuple[np.ndarray, str]]:
+    """Every tensor of an open GGUFFile as (raw bytes, GGML type name) for DeviceRunner."""
+    from turbospec.errors import UserError
+
+    tensors = {}
+    for name in g.tensors:
+        info = g.info(name)
+        tname = GGML_TYPE_NAMES.get(info.type_id)
+        if tname is None:
+            raise UserError(f"{g.path}: tensor {name} has GGML type {info.type_name}, which the CUDA kernels do "
+                            f"not read ({', '.join(GGML_TYPE_NAMES.values())}); use --backend numpy")
+        tensors[name] = (np.asarray(g.raw(name)), tname)
+    return tensors
+
+
 def load_device_model(path: Any = None, backend: str = "cupy", use_graph: bool = True, quiet: bool = True,
                       use_cache: bool = True) -> DeviceGemma3:
     """Open a Gemma 3 GGUF (None = the default model) for the CUDA kernels.
@@ -579,16 +594,8 @@ def load_device_model(path: Any = None, backend: str = "cupy", use_graph: bool =
                         f"(it runs {ARCH}); use --backend numpy")
     cfg = Gemma3Config.from_gguf(g)
     weight_entries(cfg, g)  # fails early, naming a missing tensor
-    tensors = {}
-    for name in g.tensors:
-        info = g.info(name)
-        tname = GGML_TYPE_NAMES.get(info.type_id)
-        if tname is None:
-            raise UserError(f"{p}: tensor {name} has GGML type {info.type_name}, which the CUDA kernels do not "
-                            f"read ({', '.join(GGML_TYPE_NAMES.values())}); use --backend numpy")
-        tensors[name] = (np.asarray(g.raw(name)), tname)
     try:
-        runner = DeviceRunner(cfg, tensors, xp, use_graph=use_graph)
+        runner = DeviceRunner(cfg, gguf_tensors(g), xp, use_graph=use_graph)
     except ValueError as e:
         raise UserError(f"{p}: {e}; use --backend numpy") from None
     store = WeightStore(g, StoragePolicy(), use_cache=use_cache)  # its dir keys the tokenizer cache

@@ -228,3 +228,125 @@ def test_decode_step_replays_like_a_cuda_graph(tmp_path, monkeypatch):
         c2.n_past = pos + 1
         np.testing.assert_array_equal(r.dec.logits, fresh[j])
         assert int(r.dec.next_id[0]) == int(np.argmax(fresh[j]))
+
+
+# -- the CuPy branch (streams, uploads, graph capture) over a stand-in CuPy ------------------------
+class _DevArray(np.ndarray):
+    """A NumPy array with CuPy's host-transfer methods (the kernels still run in the harness)."""
+
+    def set(self, host, stream=None):
+        self[...] = host
+
+    def get(self, stream=None):
+        return np.array(self)
+
+
+class _FakeGraph:
+    def __init__(self, launches):
+        self.launches, self.replays = launches, 0
+
+    def launch(self, stream=None):
+        self.replays += 1
+        for a, k in self.launches:
+            _REAL_LAUNCH(*a, **k)
+
+
+_REAL_LAUNCH = loader.launch
+_CAPTURING: list = []
+
+
+class _FakeStream:
+    def __init__(self, non_blocking=False):
+        self.rec = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def synchronize(self):
+        assert self.rec is None, "a capturing stream cannot synchronize"
+
+    def begin_capture(self):
+        self.rec = []
+        _CAPTURING.append(self.rec)
+
+    def end_capture(self):
+        rec, self.rec = self.rec, None
+        _CAPTURING.clear()
+        return _FakeGraph(rec)
+
+
+class _FakeCuda:
+    Stream = _FakeStream
+
+    class MemoryPool:
+        malloc = None
+
+    @staticmethod
+    def using_allocator(malloc):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+class _FakeCupy:
+    """Stands in for the cupy module: array constructors give _DevArray, kernels run in the harness,
+    and a capturing stream records launches instead of running them (as CUDA stream capture does)."""
+
+    __name__ = "cupy"
+    cuda = _FakeCuda
+
+    def __getattr__(self, name):
+        f = getattr(np, name)
+        if not callable(f) or isinstance(f, type):
+            return f
+
+        def wrapped(*a, **k):
+            r = f(*a, **k)
+            return r.view(_DevArray) if isinstance(r, np.ndarray) and not isinstance(r, _DevArray) else r
+
+        return wrapped
+
+
+def _capturing_launch(*a, **k):
+    if _CAPTURING:
+        _CAPTURING[-1].append((a, k))
+        return
+    _REAL_LAUNCH(*a, **k)
+
+
+def test_cupy_branch_captures_once_and_replays(tmp_path, monkeypatch):
+    """The CuPy code path of the runner — its stream, uploads, host copies, the capture of the decode
+    step and the replays at later positions, recapture after the cache grows — over a stand-in CuPy
+    whose 'graphs' replay the recorded launches: greedy ids and logits equal the harness runner's."""
+    from tinymodel import TinySpec, write_tiny_gguf
+
+    from turbospec.engine.cuda_model import DeviceRunner, gguf_tensors, load_device_model
+    from turbospec.engine.gguf import GGUFFile
+
+    spec = TinySpec(n_layer=2, n_embd=64, n_head=2, n_head_kv=1, head_dim=256, n_ff=64, n_vocab=300, window=4,
+                    period=2)
+    path = write_tiny_gguf(tmp_path / "hd256.gguf", spec)
+    emu = load_device_model(path, "emu")
+    g = GGUFFile.open(path)
+    fake = _FakeCupy()
+    monkeypatch.setattr(loader, "launch", _capturing_launch)
+    monkeypatch.setattr(loader, "_xp", lambda a: fake if isinstance(a, _DevArray) else np)  # loader-made arrays
+    gpu = DeviceRunner(emu.cfg, gguf_tensors(g), fake)
+    assert gpu.gpu and gpu.use_graph
+    types = [("turbo3", "q4_0")] * 2
+    ce, cg = emu.runner.new_cache(types), gpu.new_cache(types, cap=5)
+    prompt = [2, 270, 281]
+    assert gpu.greedy_next(prompt, cg) == emu.runner.greedy_next(prompt, ce)
+    tok = emu.runner.greedy_next([280], ce)
+    assert gpu.greedy_next([280], cg) == tok  # captured here (run eagerly first)
+    graph = cg.graphs[(1, 1)][0]
+    for _ in range(4):  # position 5 outgrows the 5 cells: the cache doubles and drops its graphs
+        exp, _ = emu.runner.forward([tok], ce, logits_rows="all")
+        got, _ = gpu.forward([tok], cg, logits_rows="all")
+        np.testing.assert_array_equal(got, exp)
+        tok = int(np.argmax(exp[-1]))
+    assert cg.cap == 10 and graph.replays == 1 and cg.graphs[(1, 1)][0] is not graph
+    assert cg.graphs[(1, 1)][0].replays == 2

@@ -33,6 +33,7 @@ the engine lazily.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -223,6 +224,11 @@ class DeviceRunner:
         self.gpu = is_cupy_module(xp)
         self.use_graph = bool(use_graph and self.gpu)
         self.stream = xp.cuda.Stream(non_blocking=True) if self.gpu else None
+        with self._ctx():
+            self._build(tensors)
+
+    def _build(self, tensors: dict[str, tuple[np.ndarray, str]]) -> None:
+        c, xp, loader = self.cfg, self.xp, self.L
         self.scale = 1.0 / math.sqrt(c.head_dim)
         self.window = [int(c.window) if c.sliding[i] and c.window < (1 << 30) else 0 for i in range(c.n_layer)]
         hd, e = c.head_dim, c.n_embd
@@ -417,16 +423,15 @@ class DeviceRunner:
         if tokens.min() < 0 or tokens.max() >= self.cfg.n_vocab:
             bad = int(tokens[(tokens < 0) | (tokens >= self.cfg.n_vocab)][0])
             raise ValueError(f"token id {bad} is outside the vocabulary (0..{self.cfg.n_vocab - 1})")
-        if self.gpu:
-            with self.stream:
-                if tokens.size == 1:
-                    self._decode(int(tokens[0]), cache)
-                    return self.dec
-                return self._prefill(tokens, cache)
         if tokens.size == 1:
             self._decode(int(tokens[0]), cache)
             return self.dec
         return self._prefill(tokens, cache)
+
+    def _ctx(self) -> Any:
+        """Everything runs on the runner's stream (a non-blocking one on CuPy: what it allocates,
+        fills, launches and copies stays ordered without touching the legacy default stream)."""
+        return self.stream if self.gpu else contextlib.nullcontext()
 
     def _host(self, a: Any) -> np.ndarray:
         if self.gpu:
@@ -450,13 +455,18 @@ class DeviceRunner:
             for tname in (tk, tv):
                 if tname not in self.L.KV_TYPE_ID:
                     raise ValueError(f"no CUDA cache type {tname!r}; have {', '.join(self.L.KV_TYPE_ID)}")
-        return DeviceKV(self, types, cap, calibrate, eq_tokens)
+        with self._ctx():
+            return DeviceKV(self, types, cap, calibrate, eq_tokens)
 
     def forward(self, tokens: Any, cache: DeviceKV, logits_rows: Any = "last",
                 want_hidden: bool = True) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Like Gemma3.forward: tokens at positions cache.n_past.. appended to the cache; returns
         (logits of ``logits_rows`` ("last", "all", None or row indices) as a host array, the
         final-norm hidden states [T, n_embd] as a host array, or None without ``want_hidden``)."""
+        with self._ctx():
+            return self._forward(tokens, cache, logits_rows, want_hidden)
+
+    def _forward(self, tokens: Any, cache: DeviceKV, logits_rows: Any, want_hidden: bool) -> tuple[Any, Any]:
         b = self._run(tokens, cache)
         c = self.cfg
         logits = None
@@ -478,6 +488,10 @@ class DeviceRunner:
     def greedy_next(self, tokens: Any, cache: DeviceKV) -> int:
         """Run tokens (appending to the cache) and return the greedy id after the last one; only
         the id leaves the device (softcapping is monotonic: the argmax ignores it)."""
+        with self._ctx():
+            return self._greedy(tokens, cache)
+
+    def _greedy(self, tokens: Any, cache: DeviceKV) -> int:
         b = self._run(tokens, cache)
         if b.t == 1:
             return int(self._host(b.next_id)[0])

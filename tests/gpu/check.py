@@ -419,9 +419,10 @@ def check_model(dev: Dev, small: bool, rng: np.random.Generator, use_graph: bool
     rows: list[ModelRow] = []
     for kt in KV_TYPES:
         types = [(kt, kt)] * cfg.n_layer
-        # a tolerance per type: f16/q8_0 differ only by summation order; the coarser codecs may
-        # round a K/V value to the neighbouring level when the two sides' inputs differ in the last bit
-        tol = 2e-3 if kt in ("f16", "q8_0") else 2e-2
+        # a tolerance per type: f16 differs only by summation order; a quantized cache may round a
+        # K/V value to the neighbouring level when the two sides' inputs differ in the last bit (a
+        # bug is off by O(1), far above these)
+        tol = {"f16": 2e-3, "q8_0": 5e-3}.get(kt, 5e-2)
         cache = runner.new_cache(types)
         prompt = [int(x) for x in rng.integers(0, cfg.n_vocab, n_prompt)]
         got, _ = runner.forward(prompt, cache, "last", want_hidden=False)

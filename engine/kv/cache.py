@@ -307,6 +307,8 @@ class LayerKV:
         """
         T, n_head, hd = q.shape
         if k_new is not None and 1 < T <= EXACT_BATCH_MAX:
+            if (self.eq_strength and self.eq_scale is None) or (self.n_out and self.out_idx is None):
+                self._calibrate(k_new)  # on the whole first batch, not on its first token
             # A verification batch attends token by token, exactly as plain decoding does one
             # token per step: same cells, same order, same tiles, same shapes. With the
             # linear products done token by token too (engine/linear.py), verification and

@@ -307,6 +307,8 @@ class LayerKV:
         """
         T, n_head, hd = q.shape
         if k_new is not None and 1 < T <= EXACT_BATCH_MAX:
+            self._check_finite(k_new, "K", qpos)  # before any token of the batch is written
+            self._check_finite(v_new, "V", qpos)
             if (self.eq_strength and self.eq_scale is None) or (self.n_out and self.out_idx is None):
                 self._calibrate(k_new)  # on the whole first batch, not on its first token
             # A verification batch attends token by token, exactly as plain decoding does one

@@ -63,7 +63,15 @@ def setup_engine(args, quiet: bool = False):
     choice = choose_backend(args.backend, quiet=quiet or args.backend == "numpy")
     from turbospec.engine.loader import load_model, load_tokenizer
 
-    model = load_model(args.model, storage=args.weights)
+    if choice.name == "cupy":
+        if getattr(args, "spec", "none") == "mtp":
+            raise UserError("--spec mtp reads the NumPy KV cache and does not run on --backend cupy yet; "
+                            "use --backend numpy, or --spec ngram/draft on the GPU")
+        from turbospec.engine.cuda_model import load_device_model
+
+        model = load_device_model(args.model, "cupy")  # TURBOSPEC_CUDA_GRAPH=0 turns CUDA graphs off
+    else:
+        model = load_model(args.model, storage=args.weights)
     tok = load_tokenizer(model)
     return model, tok, choice
 

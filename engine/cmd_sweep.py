@@ -202,13 +202,20 @@ class ModelPool:
         self.weights = weights
         self.cache: dict[str, tuple] = {}
 
-    def get(self, path: str):
-        if path not in self.cache:
+    def get(self, path: str, backend: str = "numpy"):
+        key = f"{backend}:{path}"
+        if key not in self.cache:
             from turbospec.engine.loader import load_model, load_tokenizer
 
-            m = load_model(None if path == "default" else path, storage=self.weights)
-            self.cache[path] = (m, load_tokenizer(m))
-        return self.cache[path]
+            p = None if path == "default" else path
+            if backend == "cupy":
+                from turbospec.engine.cuda_model import load_device_model
+
+                m = load_device_model(p, "cupy")
+            else:
+                m = load_model(p, storage=self.weights)
+            self.cache[key] = (m, load_tokenizer(m))
+        return self.cache[key]
 
 
 def synthetic_prompt(tok, n: int) -> list[int]:
@@ -232,7 +239,7 @@ def run_cell(args, cell: Cell, rep: int, pool: ModelPool, run_id: str, trace_dir
 
     set_threads(cell.threads)
     choice = choose_backend(cell.backend, quiet=True)
-    model, tok = pool.get(cell.model)
+    model, tok = pool.get(cell.model, choice.name)
     kv = KVConfig(cell.type_k, cell.type_v, equalize=args.kv_equalize)
     if cell.prompt is not None:
         ids = tok.encode(chat_prompt(cell.prompt.text), add_bos=True)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from turbospec.engine.gguf import GGUFFile
 from turbospec.engine.weights import StoragePolicy, WeightStore
-
 from turbospec.errors import UserError
 
 

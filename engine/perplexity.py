@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from turbospec.engine.kv.cache import KVConfig
 
+from turbospec.engine.kv.cache import KVConfig
 from turbospec.errors import UserError
 
 KLD_FORMAT = "turbospec.kld-base/1"

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 from tinymodel import TinySpec, write_tiny_gguf
-from turbospec.engine.gguf import GGUFFile, dequantize
 
 from turbospec.cli import main
+from turbospec.engine.gguf import GGUFFile, dequantize
 from turbospec.errors import UserError
 
 

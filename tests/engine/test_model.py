@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from tinymodel import Reference, TinySpec
+
 from turbospec.engine.generate import Session
 from turbospec.engine.loader import load_model
 

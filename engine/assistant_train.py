@@ -666,8 +666,9 @@ def train(model_path: Path, work: Path, tc: TrainConfig, resume: bool,
         log(f"clusters: {cfg.n_centroids} x {cfg.n_vocab // cfg.n_centroids} in {time.perf_counter() - t0:.1f} s")
     cluster_of = torch.empty(cfg.n_vocab, dtype=torch.long)
     cluster_of[torch.from_numpy(order)] = torch.arange(cfg.n_vocab) // (cfg.n_vocab // cfg.n_centroids)
-    onorm = torch.from_numpy(g.dequantize("output_norm.weight").astype(np.float32))
-    model = TorchAssistant(cfg, E, onorm, tc.seed)
+    # output_norm starts at ones: starting from the target's (large) final-norm weights made a
+    # randomly-directed h_inner score tokens with logits of spread ~100 (CE ~100 on the default model)
+    model = TorchAssistant(cfg, E, None, tc.seed)
     model.centroids.data = torch.from_numpy(cent.copy())
     seqs = [s for s in load_shards(work, man) if (s["argmax"] >= 0).sum() > 0]
     n_tok = sum(int((s["argmax"] >= 0).sum()) for s in seqs)

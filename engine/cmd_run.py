@@ -42,6 +42,9 @@ def add_cache_args(p: argparse.ArgumentParser) -> None:
         metavar="STRENGTH",
         help="K channel equalization (the fork's InnerQ) before quantizing K; default strength 0.5",
     )
+    from turbospec.engine.kv.recipes import add_kv_recipe_args
+
+    add_kv_recipe_args(p)
 
 
 def kv_config(args):
@@ -52,7 +55,10 @@ def kv_config(args):
         if t not in names:
             raise UserError(f"unknown cache type {t!r}; choose one of {', '.join(names)}")
         get_codec(t)
-    return KVConfig(type_k=args.cache_type_k, type_v=args.cache_type_v, equalize=args.kv_equalize or 0.0)
+    from turbospec.engine.kv.recipes import apply_recipe_args
+
+    kv = KVConfig(type_k=args.cache_type_k, type_v=args.cache_type_v, equalize=args.kv_equalize or 0.0)
+    return apply_recipe_args(args, kv)
 
 
 def setup_engine(args, quiet: bool = False):

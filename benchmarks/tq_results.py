@@ -170,6 +170,36 @@ def quality(variants: list[Variant], models: dict, tok, workdir: Path, ctx: int,
             p.unlink(missing_ok=True)
 
 
+MSE_TENSORS = ("blk.0.attn_q.weight", "blk.0.ffn_down.weight", "blk.8.ffn_gate.weight", "blk.8.attn_v.weight",
+               "blk.17.attn_output.weight")
+
+
+def tensor_mse(models: dict) -> list[dict]:
+    """Relative squared error ||w~ - w||² / ||w||² of single tensors against the original file's
+    dequantized weights: TQ4_1S / TQ3_1S as converted, and gguf-py's Q4_0 / Q8_0 of the same
+    weights as a peer (llama.cpp's own 4.5 / 8.5-bit formats)."""
+    import numpy as np
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import dequantize as gq_dequantize
+    from gguf.quants import quantize as gq_quantize
+
+    from turbospec.engine.gguf import type_name
+
+    src = models["orig"].gguf
+    out = []
+    for name in MSE_TENSORS:
+        x = src.dequantize(name)
+        e = float(np.sum(x.astype(np.float64) ** 2))
+        row = {"tensor": name, "shape": tuple(x.shape), "source": type_name(src.info(name).type_id)}
+        for key in ("tq4_all", "tq3_all"):
+            row[key] = float(np.sum((models[key].gguf.dequantize(name) - x).astype(np.float64) ** 2)) / e
+        for qt in (Q.Q4_0, Q.Q8_0):
+            y = gq_dequantize(gq_quantize(x, qt), qt).reshape(x.shape)
+            row[qt.name] = float(np.sum((y - x).astype(np.float64) ** 2)) / e
+        out.append(row)
+    return out
+
+
 # -- speed ------------------------------------------------------------------------------------
 
 
@@ -181,12 +211,22 @@ def speed(variants: list[Variant], models: dict, tok, n: int, reps: int) -> None
     for v in variants:  # warm-up: page in the weights, build the thread pools
         generate(models[v.key], tok, ids, GenConfig(n_predict=8, ignore_eos=True))
         v.row["tok_s"] = []
+        v.row["cpu_ms"] = []
     for r in range(reps):
         for v in variants:
-            res = generate(models[v.key], tok, ids, cfg)
+            mark: list[float] = []
+
+            def first(_t: int, mark=mark) -> None:  # decoding starts after the first token (prefill's)
+                if not mark:
+                    mark.append(time.process_time())
+
+            res = generate(models[v.key], tok, ids, cfg, on_token=first)
+            # process CPU time (all threads) per decoded token: robust to waiting for a core under load
+            v.row["cpu_ms"].append(1e3 * (time.process_time() - mark[0]) / max(1, len(res.tokens) - 1))
             v.row["tok_s"].append(res.decode_tok_s)
             v.row.setdefault("greedy_tokens", res.tokens)
-        log(f"speed rep {r + 1}/{reps}: " + ", ".join(f"{v.key} {v.row['tok_s'][-1]:.2f}" for v in variants))
+        log(f"speed rep {r + 1}/{reps}: " + ", ".join(
+            f"{v.key} {v.row['tok_s'][-1]:.2f} tok/s {v.row['cpu_ms'][-1]:.0f} cpu-ms/tok" for v in variants))
     ref = variants[0].row["greedy_tokens"]
     for v in variants:
         same = 0
@@ -291,7 +331,7 @@ def fmt(x, spec: str, none: str = "—") -> str:
     return none if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def results_md(variants, micro, spec_rows, args, machine: str, cmd: str, blocks: list[int]) -> str:
+def results_md(variants, micro, mse, spec_rows, args, machine: str, cmd: str, blocks: list[int]) -> str:
     from turbospec.trace import fmt_pct, fmt_tau, per_position
 
     L = [f"Command: `{cmd}`", "", f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
@@ -303,18 +343,21 @@ def results_md(variants, micro, spec_rows, args, machine: str, cmd: str, blocks:
               f"({variants[0].row.get('n_scored', '?')} scored tokens, llama-perplexity's second-half scoring); "
               "KLD and top-1 agreement against the original file's full distributions. Decode: greedy, "
               f"{args.n} tokens after \"{SPEED_PROMPT}\", mean ± std over {args.reps} interleaved reps after a "
-              "warm-up. \"streamed MB/token\": bytes the engine reads per decoded token for the linear weights "
+              "warm-up. \"CPU ms / token\": process CPU time (both threads) per decoded token, the load-robust "
+              "cost. \"streamed MB/token\": bytes the engine reads per decoded token for the linear weights "
               "+ the LM head, as it holds them (non-TQ: row-scaled int16, 2 B/weight; TQ: in blocks).", "",
               "| model | file MB | converted tensors | bpw converted (orig. bpw of the same) | bpw token_embd | "
               "bpw overall | streamed MB/token (linear + head) | PPL | Δ PPL | mean KLD | top-1 agreement | "
-              "greedy prefix = original | decode tok/s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "greedy prefix = original | decode tok/s | CPU ms / token |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         base_ppl = variants[0].row.get("ppl")
         for v in variants:
             r = v.row
             tps = r.get("tok_s") or []
             sp = (f"{statistics.mean(tps):.2f} ± {statistics.stdev(tps):.2f}" if len(tps) > 1
                   else fmt(tps[0] if tps else None, ".2f"))
+            cms = r.get("cpu_ms") or []
+            cpu = f"{statistics.mean(cms):.0f} ± {statistics.stdev(cms):.0f}" if len(cms) > 1 else "—"
             conv = (f"{r['bpw_converted']:.2f}" if v.type_name else f"({r['bpw_converted']:.2f})")
             dppl = (f"{100 * (r['ppl'] / base_ppl - 1):+.1f}%" if v.type_name and r.get("ppl") and base_ppl else "—")
             L.append(
@@ -323,7 +366,16 @@ def results_md(variants, micro, spec_rows, args, machine: str, cmd: str, blocks:
                 f"{r['stream_mb_linear'] + r['stream_mb_head']:.0f} ({r['stream_mb_linear']:.0f} + "
                 f"{r['stream_mb_head']:.0f}) | {fmt(r.get('ppl'), '.3f')} | {dppl} | {fmt(r.get('kld'), '.4f')} | "
                 f"{fmt(100 * r['top1'] if 'top1' in r else None, '.1f')}{'%' if 'top1' in r else ''} | "
-                f"{r.get('greedy_prefix', '—')}/{args.n} | {sp} |")
+                f"{r.get('greedy_prefix', '—')}/{args.n} | {sp} | {cpu} |")
+        L.append("")
+    if mse:
+        L += ["### Relative squared error per tensor (vs the original file's weights)", "",
+              "| tensor | shape | source type | TQ4_1S (5.0 bpw) | TQ3_1S (4.0 bpw) | Q4_0 (4.5 bpw) "
+              "| Q8_0 (8.5 bpw) |",
+              "|---|---|---|---|---|---|---|"]
+        for m in mse:
+            L.append(f"| {m['tensor']} | {m['shape'][0]} x {m['shape'][1]} | {m['source']} | {m['tq4_all']:.4f} | "
+                     f"{m['tq3_all']:.4f} | {m['Q4_0']:.4f} | {m['Q8_0']:.5f} |")
         L.append("")
     if micro:
         L += ["### One linear layer (ms per call, median of 5, random weights)", "",
@@ -419,13 +471,14 @@ def main(argv: list[str] | None = None) -> int:
     if "speed" not in args.skip:
         speed(variants, models, tok, args.n, args.reps)
     micro = [] if "micro" in args.skip else matvec_micro()
+    mse = tensor_mse(models)
     spec_rows = {}
     args.spec_prompt_list = load_spec_prompts(args.spec_prompts)
     if "spec" not in args.skip:
         drafts = {k: models[k] for k in args.drafters}
         spec_rows = self_spec(models["orig"], tok, drafts, args.spec_prompt_list, args.spec_n, args.blocks)
     cmd = "python benchmarks/tq_results.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    md = results_md(variants, micro, spec_rows, args, machine, cmd.strip(), args.blocks)
+    md = results_md(variants, micro, mse, spec_rows, args, machine, cmd.strip(), args.blocks)
     print(md)
     if args.output:
         Path(args.output).write_text(md + "\n")
@@ -434,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine,
             "variants": {v.key: {k: x for k, x in v.row.items() if k != "greedy_tokens"} for v in variants},
             "micro": micro,
+            "tensor_mse": mse,
             "spec": {f"{k[0]}:{k[1]}": {a: b for a, b in r.items() if a != "pairs"} | {
                 "pairs": {f"{p[0]},{p[1]}": c for p, c in r.get("pairs", {}).items()}} for k, r in spec_rows.items()},
         }, indent=1))

@@ -64,11 +64,18 @@ def _product(w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
         np.matmul(x, w.T, out=out)
 
 
-def _parallel_rows(fn, x: np.ndarray, n_out: int, tile: int) -> np.ndarray:
+PARALLEL_MIN_WEIGHTS = 1 << 21  # smaller products run in the calling thread: a pool hand-off
+# costs ~50 µs, more than splitting 1-2M weights saves (measured: q/k/v 1M weights 0.28 ms alone
+# vs 0.32 ms split; gate+up 2.6M weights 0.57 ms alone vs 0.39 ms split)
+
+
+def _parallel_rows(fn, x: np.ndarray, n_out: int, tile: int, n_in: int = 0) -> np.ndarray:
     """out = f(x) computed by ``fn(x2, out, r0, r1)`` over row ranges split across the workers."""
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
     out = np.empty((x2.shape[0], n_out), np.float32)
     nw = min(n_workers(), -(-n_out // tile))
+    if n_out * (n_in or x2.shape[1]) < PARALLEL_MIN_WEIGHTS and x2.shape[0] <= ROW_LOOP_MAX:
+        nw = 1
     if nw <= 1:
         fn(x2, out, 0, n_out)
     else:
@@ -123,7 +130,8 @@ def quantize_rows_int16(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class RowInt16:
     """int16 weight with a float32 scale per output row; tiled cast + BLAS."""
 
-    TILE_ELEMS = 512 * 640  # a float32 tile of 1.3 MB: about one core's L2
+    TILE_ELEMS = 1024 * 640  # a float32 tile of 2.6 MB (L2 is 1 MB here, L3 32 MB; 1024 rows measured
+    # 10% faster than 512 on the LM head: fewer Python round trips)
 
     def __init__(self, q: np.ndarray, s: np.ndarray):
         self.q = q

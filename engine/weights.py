@@ -199,9 +199,11 @@ class WeightStore:
 
             tid, n_out, n_in = (int(v) for v in a["tqmeta"])  # type: ignore[index]
             return TQLinear(np.asarray(a["tq"]), tid, (n_out, n_in))  # type: ignore[index]
+        # plain ndarray views of the memory maps: np.memmap slicing costs ~3 µs a call in
+        # __array_finalize__, and the products slice per tile
         if "q" in a:  # type: ignore[operator]
-            return RowInt16(a["q"], a["s"])  # type: ignore[index]
-        return Dense(a["w"])  # type: ignore[index]
+            return RowInt16(np.asarray(a["q"]), np.asarray(a["s"]))  # type: ignore[index]
+        return Dense(np.asarray(a["w"]))  # type: ignore[index]
 
 
 def clear_cache() -> tuple[Path, int]:

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 FEATURE_MODULES = [
     "turbospec.engine.cmd_run",  # run, ppl, cache
     "turbospec.engine.cmd_live",  # demo, run --tui
@@ -16,11 +14,6 @@ FEATURE_MODULES = [
 
 
 def register(sub) -> None:
-    for name in FEATURE_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue
-            raise
-        mod.register(sub)
+    from turbospec.cli import register_modules
+
+    register_modules(sub, FEATURE_MODULES)

@@ -44,7 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"turbospec {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    register_modules(sub, COMMAND_MODULES)
+    return parser
+
+
+def register_modules(sub, names: list[str]) -> None:
+    """Call ``register(sub)`` of each command module; a module that does not exist is skipped."""
+    for name in names:
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as e:
@@ -52,7 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         mod.register(sub)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

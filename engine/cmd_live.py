@@ -93,7 +93,7 @@ def demo_worker(model_path: str | None, n_predict: int, n_prompts: int, trace: s
     set_threads(0)
     choice = choose_backend("auto", quiet=not plain)
     from turbospec.engine.cmd_sweep import load_prompts
-    from turbospec.engine.generate import GenConfig, chat_prompt, generate
+    from turbospec.engine.generate import GenConfig, chat_prompt, generate, has_chat_template
     from turbospec.engine.kv.cache import KVConfig
     from turbospec.engine.loader import load_model, load_tokenizer
     from turbospec.engine.spec.loop import SpecConfig
@@ -119,7 +119,7 @@ def demo_worker(model_path: str | None, n_predict: int, n_prompts: int, trace: s
                         draft_max=spec.draft_max, pipeline_depth=2, n_ctx=cfg.n_ctx,
                         n_threads=int(os.environ.get("TURBOSPEC_THREADS", "1")), temp=0.0, seed=-1,
                         version=__version__)
-        ids = tok.encode(chat_prompt(p.text), add_bos=True)
+        ids = tok.encode(chat_prompt(p.text) if has_chat_template(model) else p.text, add_bos=True)
         if plain:
             print(f"[{i + 1}] ({p.kind}) {p.text}", flush=True)
         t0 = time.perf_counter()

@@ -101,7 +101,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--file", default=None, help="read the prompt from a file")
     p.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate (default 128)")
     p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size in tokens (default 4096)")
-    p.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma's chat turn format")
+    p.add_argument("--chat", action="store_true",
+                   help="wrap the prompt in Gemma's chat turn format (for instruction-tuned models; the default "
+                   "Gemma 3 270M is the pretrained base model, which continues text)")
     p.add_argument("--temp", type=float, default=0.0, help="temperature; 0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--top-p", type=float, default=0.95)

@@ -232,7 +232,7 @@ def run_cell(args, cell: Cell, rep: int, pool: ModelPool, run_id: str, trace_dir
     from turbospec import __version__, results
     from turbospec.engine.backend import blas_info, choose_backend, cpu_name, set_threads
     from turbospec.engine.cmd_run import make_drafter, open_trace
-    from turbospec.engine.generate import GenConfig, chat_prompt, generate
+    from turbospec.engine.generate import GenConfig, chat_prompt, generate, has_chat_template
     from turbospec.engine.kv.cache import KVConfig, get_codec
     from turbospec.engine.sampling import SamplingConfig
     from turbospec.engine.weights import file_sha256
@@ -242,7 +242,8 @@ def run_cell(args, cell: Cell, rep: int, pool: ModelPool, run_id: str, trace_dir
     model, tok = pool.get(cell.model, choice.name)
     kv = KVConfig(cell.type_k, cell.type_v, equalize=args.kv_equalize)
     if cell.prompt is not None:
-        ids = tok.encode(chat_prompt(cell.prompt.text), add_bos=True)
+        text = cell.prompt.text
+        ids = tok.encode(chat_prompt(text) if has_chat_template(model) else text, add_bos=True)
     else:
         ids = synthetic_prompt(tok, cell.n_prompt)
     n_ctx = max(4096, len(ids) + cell.n_gen + 64)

@@ -25,6 +25,12 @@ def chat_prompt(text: str) -> str:
     return f"<start_of_turn>user\n{text}<end_of_turn>\n<start_of_turn>model\n"
 
 
+def has_chat_template(model) -> bool:
+    """Whether the GGUF carries a chat template (instruction-tuned); the default Gemma 3 270M is
+    the pretrained base model, which continues text and echoes a turn-formatted prompt."""
+    return bool(model.gguf.get("tokenizer.chat_template"))
+
+
 @dataclass
 class GenConfig:
     n_predict: int = 128

@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-ctv", default="f16")
     ap.add_argument("-t", "--threads", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the rows to this file")
+    ap.add_argument("--chat", action="store_true",
+                    help="wrap prompts in Gemma's turn format (the default 270M is a base model: it then echoes them, "
+                    "which inflates prompt-lookup acceptance); default: raw text as the model continues it")
     args = ap.parse_args(argv)
 
     from turbospec.engine.backend import set_threads
@@ -92,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind, text in PROMPTS:
         if kinds.get(kind, 0) < args.per_kind:
             kinds[kind] = kinds.get(kind, 0) + 1
-            prompts.append((kind, tok.encode(chat_prompt(text), add_bos=True, parse_special=True)))
+            prompts.append((kind, tok.encode(chat_prompt(text) if args.chat else text, add_bos=True,
+                                             parse_special=True)))
     cfg = GenConfig(n_predict=args.n_predict, kv=KVConfig(type_k=args.ctk, type_v=args.ctv), ignore_eos=True)
 
     def agg() -> dict:

@@ -113,6 +113,20 @@ def stop_ids(tok) -> tuple[int | None, int | None]:
     return eos, eot
 
 
+def start_session(model, prompt_ids: list[int], cfg: GenConfig, trace=None) -> tuple[Session, np.ndarray, float]:
+    """A new session with the prompt prefilled (and its ``prefill`` trace event):
+    (session, last-token logits, prefill seconds). Shared by plain and speculative generation."""
+    if not prompt_ids:
+        raise UserError("the prompt is empty; pass text with -p or a file with -f")
+    sess = Session(model, cfg.kv, cfg.n_ctx)
+    t0 = time.perf_counter()
+    logits = sess.prefill(prompt_ids)
+    prefill_s = time.perf_counter() - t0
+    if trace is not None:
+        trace.prefill(n_tokens=len(prompt_ids), us=int(prefill_s * 1e6))
+    return sess, logits, prefill_s
+
+
 def generate(
     model,
     tok,
@@ -132,16 +146,9 @@ def generate(
 
         return generate_spec(model, tok, prompt_ids, cfg, drafter, spec or SpecConfig(), on_token=on_token,
                              trace=trace, should_stop=should_stop)
-    if not prompt_ids:
-        raise UserError("the prompt is empty; pass text with -p or a file with -f")
-    sess = Session(model, cfg.kv, cfg.n_ctx)
+    sess, logits, prefill_s = start_session(model, prompt_ids, cfg, trace)
     sampler = Sampler(cfg.sampling)
     eos, eot = stop_ids(tok)
-    t0 = time.perf_counter()
-    logits = sess.prefill(prompt_ids)
-    prefill_s = time.perf_counter() - t0
-    if trace is not None:
-        trace.prefill(n_tokens=len(prompt_ids), us=int(prefill_s * 1e6))
     out: list[int] = []
     reason = "length"
     t1 = time.perf_counter()

@@ -145,13 +145,10 @@ def generate_spec(
     should_stop: Callable[[], bool] | None = None,
 ):
     """Speculative generation; same result type and stop rules as ``generate.generate``."""
-    from turbospec.engine.generate import GenResult, Session, stop_ids
+    from turbospec.engine.generate import GenResult, start_session, stop_ids
     from turbospec.engine.sampling import Sampler
 
     spec.validate()
-    if not prompt_ids:
-        raise UserError("the prompt is empty; pass text with -p or a file with -f")
-    sess = Session(model, cfg.kv, cfg.n_ctx)
     sampler = Sampler(cfg.sampling)
     eos, eot = stop_ids(tok)
     stops = () if cfg.ignore_eos else (eos, eot)
@@ -160,12 +157,8 @@ def generate_spec(
     skipper = SkipStreak(spec.skip_streak)
     drafter.cancel()  # drain anything from a previous prompt before the KV is rewritten
 
-    t0 = time.perf_counter()
-    logits = sess.prefill(prompt_ids)
-    prefill_s = time.perf_counter() - t0
+    sess, logits, prefill_s = start_session(model, prompt_ids, cfg, tr)
     drafter.begin(sess, prompt_ids)
-    if tr is not None:
-        tr.prefill(n_tokens=len(prompt_ids), us=int(prefill_s * 1e6))
     out: list[int] = []
     history = list(prompt_ids)
     reason = "length"

@@ -1,7 +1,12 @@
-"""Speculative decoding benchmark: prompt lookup (ngram) at B = 2..6, depth 1 vs 2, against plain
-decoding in the same engine, on held-out prompts (chat, code, lists, translation, prose).
+"""Speculative decoding benchmark: prompt lookup (ngram) and the MTP assistant at B = 2..6, depth 1
+vs 2, against plain decoding in the same engine and llama.cpp's plain decode, on held-out prompts
+(chat, code, lists, translation, prose; none of them is in the assistant's training prompts).
 
-    python benchmarks/bench_spec.py [-n 64] [--blocks 2 3 4 5 6] [--per-kind 1] [--json out.json]
+    python benchmarks/bench_spec.py [--spec ngram mtp] [-n 64] [--blocks 2 3 4 5 6] [--temp 0.7]
+                                    [-ctk q8_0 -ctv turbo3] [--per-kind 1] [--json out.json]
+
+With --temp > 0 every run samples (seeded per prompt; speculative runs use rejection sampling,
+so their output follows the target's distribution but is not token-identical to the plain run).
 
 For every prompt: one plain greedy run (the baseline and the exactness oracle), then one
 speculative run per (B, depth). Reported per configuration, summed over prompts: draft
@@ -66,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-m", "--model", default=None, help="GGUF (default: the embedded Gemma 3 270M)")
     ap.add_argument("-n", "--n-predict", type=int, default=64)
+    ap.add_argument("--spec", nargs="+", default=["ngram"], choices=["ngram", "mtp"],
+                    help="drafters to measure (mtp uses --mtp-head, default the shipped assistant)")
+    ap.add_argument("--mtp-head", default=None, help="assistant GGUF for --spec mtp (default: the shipped one)")
+    ap.add_argument("--temp", type=float, default=0.0, help="sampling temperature (0 = greedy)")
+    ap.add_argument("--seed", type=int, default=1, help="sampling seed (prompt i uses seed + i)")
+    ap.add_argument("--llamacpp", action="store_true",
+                    help="also measure llama.cpp's plain greedy decode (llama-cpp-python) on the same prompts")
     ap.add_argument("--blocks", type=int, nargs="+", default=[2, 3, 4, 5, 6])
     ap.add_argument("--depths", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--per-kind", type=int, default=2, help="prompts per kind (1..2)")
@@ -84,12 +96,25 @@ def main(argv: list[str] | None = None) -> int:
     from turbospec.engine.generate import GenConfig, chat_prompt, generate
     from turbospec.engine.kv.cache import KVConfig
     from turbospec.engine.loader import load_model, load_tokenizer
+    from turbospec.engine.sampling import SamplingConfig
     from turbospec.engine.spec.loop import SpecConfig
     from turbospec.engine.spec.ngram import NGramDrafter
     from turbospec.trace import TraceWriter, fmt_pct, fmt_tau, per_position
 
     model = load_model(args.model, quiet=True)
     tok = load_tokenizer(model)
+    assistant = None
+    if "mtp" in args.spec:
+        from turbospec.engine.spec.mtp import MTPDrafter
+
+        assistant = MTPDrafter.load(args.mtp_head, model, tok).assistant
+
+    def make(name: str):
+        if name == "ngram":
+            return NGramDrafter()
+        from turbospec.engine.spec.mtp import MTPDrafter
+
+        return MTPDrafter(assistant, model)
     kinds: dict[str, int] = {}
     prompts = []
     for kind, text in PROMPTS:
@@ -97,27 +122,36 @@ def main(argv: list[str] | None = None) -> int:
             kinds[kind] = kinds.get(kind, 0) + 1
             prompts.append((kind, tok.encode(chat_prompt(text) if args.chat else text, add_bos=True,
                                              parse_special=True)))
-    cfg = GenConfig(n_predict=args.n_predict, kv=KVConfig(type_k=args.ctk, type_v=args.ctv), ignore_eos=True)
+    kv = KVConfig(type_k=args.ctk, type_v=args.ctv)
+
+    def cfg_for(i: int) -> GenConfig:
+        sc = SamplingConfig(temp=args.temp, seed=args.seed + i) if args.temp > 0 else SamplingConfig()
+        return GenConfig(n_predict=args.n_predict, sampling=sc, kv=kv, ignore_eos=True)
 
     def agg() -> dict:
         return {"tokens": 0, "decode_s": 0.0, "rounds": 0, "acc": 0, "dr": 0, "pairs": {}, "same": True,
                 "by_kind": {}}
 
     rows: dict[tuple, dict] = {("plain", 0, 0): agg()}
-    for b in args.blocks:
-        for d in args.depths:
-            rows[("ngram", b, d)] = agg()
+    for name in args.spec:
+        for b in args.blocks:
+            for d in args.depths:
+                rows[(name, b, d)] = agg()
     trace_us = trace_decode_s = 0.0
     t_all = time.perf_counter()
     for pi, (kind, ids) in enumerate(prompts):
+        cfg = cfg_for(pi)
         base = generate(model, tok, ids, cfg)
         r = rows[("plain", 0, 0)]
         r["tokens"] += len(base.tokens) - 1
         r["decode_s"] += base.decode_s
+        k = r["by_kind"].setdefault(kind, [0, 0, 0, 0, 0.0])
+        k[3] += len(base.tokens) - 1
+        k[4] += base.decode_s
         for key in rows:
             if key[0] == "plain":
                 continue
-            res = generate(model, tok, ids, cfg, drafter=(dr := NGramDrafter()),
+            res = generate(model, tok, ids, cfg, drafter=(dr := make(key[0])),
                            spec=SpecConfig(block_size=key[1], pipeline_depth=key[2]))
             dr.close()
             r = rows[key]
@@ -130,14 +164,16 @@ def main(argv: list[str] | None = None) -> int:
             r["same"] &= res.tokens == base.tokens
             for (nd, na), c in s.get("pair_counts", {}).items():
                 r["pairs"][(nd, na)] = r["pairs"].get((nd, na), 0) + c
-            k = r["by_kind"].setdefault(kind, [0, 0, 0])
+            k = r["by_kind"].setdefault(kind, [0, 0, 0, 0, 0.0])
             k[0] += s["rounds"]
             k[1] += s["n_accepted"]
             k[2] += s["n_drafted"]
+            k[3] += len(res.tokens) - 1
+            k[4] += res.decode_s
         # the trace's cost, at B=3 depth 2
         with tempfile.TemporaryDirectory() as td:
             w = TimedTrace(TraceWriter.open(str(Path(td) / "t.ndjson")))
-            res = generate(model, tok, ids, cfg, drafter=(dr := NGramDrafter()),
+            res = generate(model, tok, ids, cfg, drafter=(dr := make(args.spec[-1])),
                            spec=SpecConfig(block_size=3, pipeline_depth=2), trace=w)
             dr.close()
             w.w.close()
@@ -147,11 +183,15 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
 
     plain_tps = rows[("plain", 0, 0)]["tokens"] / rows[("plain", 0, 0)]["decode_s"]
+    peer = bench_llamacpp(args, [ids for _, ids in prompts]) if args.llamacpp else None
     nb = max(args.blocks) - 1
-    print(f"\nngram (prompt lookup) on {Path(model.gguf.path).name}, {len(prompts)} prompts x {args.n_predict} tokens, "
-          f"greedy, K {args.ctk} / V {args.ctv}, {threads} threads (measured under load)\n")
+    mode = f"temp {args.temp} (seeded)" if args.temp > 0 else "greedy"
+    print(f"\n{' + '.join(args.spec)} on {Path(model.gguf.path).name}, {len(prompts)} prompts x {args.n_predict} "
+          f"tokens, {mode}, K {args.ctk} / V {args.ctv}, {threads} threads\n")
+    if peer:
+        print(f"llama.cpp plain greedy decode, same prompts: {peer['tok_s']:.2f} tok/s ({peer['engine']})\n")
     head = "| spec | B | depth | draft acceptance | τ | " + " | ".join(f"p{i}" for i in range(nb)) + \
-        " | decode tok/s | vs plain | same tokens |"
+        " | decode tok/s | vs plain | vs llama.cpp | same tokens |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     out_rows = []
@@ -169,27 +209,73 @@ def main(argv: list[str] | None = None) -> int:
                              "per_position": ps, "decode_tok_s": tps, "vs_plain": tps / plain_tps,
                              "same_tokens": r["same"],
                              "by_kind": {k: {"draft_acceptance_rate": v[1] / v[2] if v[2] else None,
-                                             "tau": 1 + v[1] / v[0] if v[0] else None}
+                                             "tau": 1 + v[1] / v[0] if v[0] else None,
+                                             "decode_tok_s": v[3] / v[4] if v[4] else None}
                                          for k, v in r["by_kind"].items()}})
-        cells += [f"{tps:.2f}", f"{tps / plain_tps:.2f}x", "—" if name == "plain" else ("yes" if r["same"] else "NO")]
+        same = "—" if name == "plain" else ("yes" if r["same"] else "NO") if args.temp <= 0 else "n/a (sampled)"
+        vs_peer = f"{tps / peer['tok_s']:.2f}x" if peer else "—"
+        if peer and out_rows and name != "plain":
+            out_rows[-1]["vs_llamacpp"] = tps / peer["tok_s"]
+        cells += [f"{tps:.2f}", f"{tps / plain_tps:.2f}x", vs_peer, same]
         print("| " + " | ".join(cells) + " |")
-    print("\nτ by prompt kind (depth 2):\n")
     kinds_l = list(kinds)
-    print("| B | " + " | ".join(kinds_l) + " |")
-    print("|" + "---|" * (len(kinds_l) + 1))
-    for b in args.blocks:
-        key = ("ngram", b, 2 if 2 in args.depths else args.depths[0])
-        bk = rows[key]["by_kind"]
-        print(f"| {b} | " + " | ".join(
-            f"{fmt_tau(1 + bk[k][1] / bk[k][0] if bk.get(k) and bk[k][0] else None)} "
-            f"({fmt_pct(bk[k][1] / bk[k][2] if bk.get(k) and bk[k][2] else None)})" for k in kinds_l) + " |")
+    dd = 2 if 2 in args.depths else args.depths[0]
+    for name in args.spec:
+        print(f"\n{name}: τ (draft acceptance) by prompt kind, depth {dd}; best B = the fastest decode for that "
+              "kind (its speedup over plain in brackets):\n")
+        print("| B | " + " | ".join(kinds_l) + " |")
+        print("|" + "---|" * (len(kinds_l) + 1))
+        best: dict[str, tuple[float, int]] = {}
+        for b in args.blocks:
+            bk = rows[(name, b, dd)]["by_kind"]
+            for k in kinds_l:
+                if bk.get(k) and bk[k][4] > 0:
+                    tps_k = bk[k][3] / bk[k][4]
+                    if tps_k > best.get(k, (0.0, 0))[0]:
+                        best[k] = (tps_k, b)
+            print(f"| {b} | " + " | ".join(
+                f"{fmt_tau(1 + bk[k][1] / bk[k][0] if bk.get(k) and bk[k][0] else None)} "
+                f"({fmt_pct(bk[k][1] / bk[k][2] if bk.get(k) and bk[k][2] else None)})" for k in kinds_l) + " |")
+        pk = rows[("plain", 0, 0)]["by_kind"]
+        print("| best B | " + " | ".join(
+            f"{best[k][1]} ({best[k][0] / (pk[k][3] / pk[k][4]):.2f}x)" if k in best and pk[k][4] > 0 else "—"
+            for k in kinds_l) + " |")
     share = trace_us / 1e6 / trace_decode_s if trace_decode_s else 0.0
     print(f"\ntrace cost (B=3, depth 2, file): {trace_us / 1e3:.1f} ms inside the writer over "
           f"{trace_decode_s:.1f} s of decoding = {100 * share:.3f}% of decode time")
     if args.json:
-        Path(args.json).write_text(json.dumps({"plain_tok_s": plain_tps, "rows": out_rows, "trace_share": share},
+        Path(args.json).write_text(json.dumps({"plain_tok_s": plain_tps, "llamacpp_tok_s": peer and peer["tok_s"],
+                                               "rows": out_rows, "trace_share": share, "argv": sys.argv[1:]},
                                               indent=1))
     return 0
+
+
+def bench_llamacpp(args, prompts: list[list[int]]) -> dict | None:
+    """llama.cpp's plain greedy decode over the same prompt ids and token count (the CPU peer)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        print("llama-cpp-python is not installed (pip install 'turbospec[bench]'); no llama.cpp column",
+              file=sys.stderr)
+        return None
+    import numpy as np
+
+    from turbospec.engine.loader import default_model_path
+
+    llm = llama_cpp.Llama(str(args.model or default_model_path()), n_ctx=2048, n_threads=args.threads or 2,
+                          n_threads_batch=args.threads or 2, verbose=False)
+    n_tok, secs = 0, 0.0
+    for ids in prompts:
+        llm.reset()
+        llm.eval(ids)
+        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        t0 = time.perf_counter()
+        for _ in range(args.n_predict - 1):
+            llm.eval([nxt])
+            nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        secs += time.perf_counter() - t0
+        n_tok += args.n_predict - 1
+    return {"tok_s": n_tok / secs, "engine": f"llama-cpp-python {llama_cpp.__version__}"}
 
 
 if __name__ == "__main__":

@@ -394,3 +394,77 @@ def test_writer_accepts_numpy_scalars(tmp_path):
     assert d["drafts"] == [1, 2] and d["h_l2"] == 1.5 and d["draft_us"] == 7
     assert a["verify_us"] == 10.5 and a["pos"] == 4 and e["tau"] == 2.5 and e["draft_acceptance_rate"] is None
     assert '"h_l2":1.5000,' in p.read_text()
+
+
+def _trace_with_runs(p, n_rounds: int = 4000) -> list[str]:
+    """Two runs (a run_start, prefill and decode events in the middle), skip and malformed
+    lines, a half-written last line: every kind of state the split has to carry over."""
+    a = list(synth_lines(n_rounds // 2, fmt="turbospec", skip_every=7, malformed_every=23, seed=3, step_us=90_000))
+    b = list(synth_lines(n_rounds // 2, fmt="turbospec", skip_every=5, malformed_every=31, seed=4, step_us=70_000,
+                         t0_us=1_764_380_000_000_000 + n_rounds * 50_000, run="run2"))
+    lines = a + ['{"evt":"decode","n_emitted":1,"us":500}', "not json"] + b
+    p.write_text("\n".join(lines) + "\n" + '{"evt":"mtp_accept","it')
+    return lines
+
+
+def _close(a, b) -> bool:
+    """Equal, floats to 1e-12 relative (two halves sum h_l2 in another order)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-12, abs=1e-9)
+    return a == b
+
+
+@pytest.mark.parametrize("n_rounds", [400, 4000])
+def test_parallel_aggregate_equals_sequential(tmp_path, n_rounds):
+    from turbospec.trace import aggregator_at, feed_range, parallel_split
+
+    p = tmp_path / "t.ndjson"
+    _trace_with_runs(p, n_rounds)
+    seq = aggregate_file(p, parallel_min_bytes=1 << 40)
+    sp = parallel_split(p, 0)
+    assert sp is not None and 0 < sp.offset < sp.end
+    par = aggregate_file(p, parallel_min_bytes=0)  # through the worker process
+    assert _close(par.snapshot(), seq.snapshot())
+    assert _close([list(b) for b in par.buckets], [list(b) for b in seq.buckets])
+    assert (par._t_phase, par._last_draft) == (seq._t_phase, seq._last_draft)
+    # the same split in-process, at every line boundary after an accept: concat is exact
+    data = p.read_bytes()
+    offs = [i + 1 for i in range(len(data)) if data[i : i + 1] == b"\n"]
+    checked = 0
+    for off in offs[5::max(1, len(offs) // 40)]:
+        prev = data[data.rfind(b"\n", 0, off - 1) + 1 : off - 1]
+        if not (prev.startswith(b'{"evt":"mtp_accept"') and data[off:].startswith(b'{"evt":"mtp_draft"')):
+            continue
+        import orjson
+
+        from turbospec.trace import Aggregator, Split
+
+        try:
+            o = orjson.loads(prev)
+        except orjson.JSONDecodeError:
+            continue  # a malformed accept line: parallel_split never splits there
+        if type(o.get("t_us")) is not int or type(o.get("n_accepted")) is not int:
+            continue
+        checked += 1
+        head = Aggregator()
+        feed_range(head, p, 0, off)
+        tail = aggregator_at(Split(off, len(data), o["t_us"]))
+        feed_range(tail, p, off, None)
+        head.concat(tail)
+        assert _close(head.snapshot(), seq.snapshot())
+        assert _close([list(b) for b in head.buckets], [list(b) for b in seq.buckets])
+    assert checked >= 3
+
+
+def test_parallel_split_refuses_small_and_clockless(tmp_path):
+    from turbospec.trace import parallel_split
+
+    p = tmp_path / "f.ndjson"
+    p.write_text("\n".join(synth_lines(3000, fmt="fork", skip_every=5)) + "\n")
+    assert parallel_split(p, 0) is None  # fork lines have no t_us: no exact split, read in one go
+    assert parallel_split(p, 1 << 40) is None
+    assert parallel_split(tmp_path / "missing", 0) is None

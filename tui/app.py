@@ -260,6 +260,7 @@ class TopApp(App[int]):
         self.refreshes = 0
         self._keymap = keymap or {}
         self._start_readers = start_readers
+        self._mounted = False
         self._theme_name = "textual-light" if theme == "light" else "textual-dark"
         self._views: dict[int, View] = {}
         self._drawn: dict[int, float] = {}
@@ -289,15 +290,24 @@ class TopApp(App[int]):
         t.add_columns("trace", "acc now", "acc run", "acc peak", "τ now", "τ run", "τ peak",
                       "decode tok/s", "prefill tok/s", "rounds", "malformed")
         self.query_one("#compare").display = False
+        self._mounted = True
         if self._start_readers:
-            for s in self.sources:
-                s.start(self._notify_batch)
+            self.start_readers()
+        self.dirty.update(s.index for s in self.sources)  # batches read before the mount
         self.set_interval(1.0 / self.refresh_hz, self.refresh_view)
         self.refresh_view(force=True)
 
+    def start_readers(self) -> None:
+        """Start the reader threads not started yet. run_dashboard calls this before app.run(), so
+        a big trace is parsed while Textual sets up the terminal (about 0.5 s) instead of after it."""
+        for s in self.sources:
+            if s._thread is None:
+                s.start(self._notify_batch)
+
     def _notify_batch(self, index: int, n_lines: int) -> None:
-        # called from a reader thread
-        self.post_message(TraceBatch(index, n_lines))
+        # called from a reader thread; before the mount the refresh in on_mount picks the batch up
+        if self._mounted:
+            self.post_message(TraceBatch(index, n_lines))
 
     def on_trace_batch(self, msg: TraceBatch) -> None:
         self.dirty.add(msg.index)
@@ -470,6 +480,7 @@ def run_dashboard(
         os.dup2(stdin_tty.fileno(), 0)
     sources = make_sources(paths, follow=follow, replay=replay, speed=speed, stdin_fd=stdin_fd)
     app = TopApp(sources, window=window, theme=theme, refresh_hz=refresh_hz, keymap=keymap)
+    app.start_readers()
     try:
         app.run()
     finally:

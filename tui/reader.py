@@ -12,7 +12,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from turbospec.trace import Aggregator, Tailer, iter_file_lines, parse_line
+from turbospec.trace import (
+    PARALLEL_MIN_BYTES,
+    Aggregator,
+    RangeWorker,
+    Split,
+    Tailer,
+    iter_file_lines,
+    parallel_split,
+    parse_line,
+)
 
 REPLAY_LINES_PER_S = 50.0  # clock-less replay pace at --speed 1 (about one round per 40 ms)
 BATCH_LINES = 8192
@@ -75,11 +84,62 @@ class TraceSource:
         self.version += 1
         notify(self.index, len(lines))
 
-    def _run_tail(self, notify: Callable[[int, int], None]) -> None:
+    def _parallel_catch_up(self, notify: Callable[[int, int], None], min_bytes: int) -> bool:
+        """Read the complete lines already in a big file with two processes (trace.parallel_split):
+        this thread feeds the first half batch by batch (the screen fills as it goes) while a
+        worker aggregates the second; then the tailer continues after them. False = not done."""
+        t = self.tailer
+        assert t is not None
+        sp = parallel_split(self.path, min_bytes)
+        if sp is None:
+            return False
+        try:
+            with open(self.path, "rb") as fh:  # the worker's range ends at the last complete line
+                fh.seek(max(sp.end - 65536, sp.offset))
+                tail = fh.read(sp.end - fh.tell())
+        except OSError:
+            return False
+        nl = tail.rfind(b"\n")
+        if nl < 0:
+            return False
+        end = sp.end - len(tail) + nl + 1
+        worker = RangeWorker(self.path, Split(sp.offset, end, sp.t_us))
+        try:
+            if not t._open():
+                return False
+            batch: list[bytes] = []
+            for raw in iter_file_lines(self.path, start=0, end=sp.offset):
+                batch.append(raw)
+                if len(batch) >= BATCH_LINES:
+                    self._feed(batch, None, notify)
+                    batch = []
+                    if self._stop.is_set():
+                        return True
+            if batch:
+                self._feed(batch, None, notify)
+            rest = worker.result()
+            if rest is None:  # the worker failed: read its range here
+                batch = list(iter_file_lines(self.path, start=sp.offset, end=end))
+                self._feed(batch, None, notify)
+            else:
+                with self.lock:
+                    self.agg.concat(rest)
+                self.version += 1
+                notify(self.index, 0)
+            assert t._fh is not None
+            t._fh.seek(end)
+            t._pos = end
+            return True
+        finally:
+            worker.kill()
+
+    def _run_tail(self, notify: Callable[[int, int], None], parallel_min_bytes: int = PARALLEL_MIN_BYTES) -> None:
         t = self.tailer
         assert t is not None
         live = t.pipe  # the initial catch-up of a file has no meaningful arrival times
         try:
+            if not t.pipe:
+                self._parallel_catch_up(notify, parallel_min_bytes)
             while not self._stop.is_set():
                 lines = t.poll(timeout=self.poll_s if t.pipe else 0.0)
                 self.status = t.status

@@ -145,6 +145,24 @@ class RowInt16:
     def rows(self, idx: np.ndarray) -> np.ndarray:
         return self.q[idx].astype(np.float32) * self.s[idx, None]
 
+    def score_rows(self, idx: np.ndarray, h: np.ndarray) -> np.ndarray:
+        """rows(idx) @ h without the float32 copy of every row: gather int16 rows in blocks of
+        512 (a 1.3 MB float32 tile stays in L2), cast, product, then the row scales. The MTP
+        head scores its 4096 routed candidates with this (gathering + scaling all of them first
+        cost ~9 ms a draft step)."""
+        idx = np.asarray(idx).reshape(-1)
+        out = np.empty(idx.size, np.float32)
+        blk = 512
+        buf = np.empty((min(blk, idx.size), self.q.shape[1]), np.float32)
+        h = np.asarray(h, np.float32)
+        for a in range(0, idx.size, blk):
+            b = min(a + blk, idx.size)
+            t = buf[: b - a]
+            np.copyto(t, self.q[idx[a:b]], casting="unsafe")
+            np.matmul(t, h, out=out[a:b])
+        out *= self.s[idx]
+        return out
+
     @property
     def tile_rows(self) -> int:
         return max(16, self.TILE_ELEMS // self.q.shape[1] // 16 * 16)

@@ -373,19 +373,35 @@ class Gemma4Assistant:
         top = np.argpartition(-cl, k - 1)[:k] if k < c.n_centroids else np.arange(c.n_centroids)
         per = c.n_vocab // c.n_centroids
         ids = self.token_ordering.reshape(c.n_centroids, per)[top].reshape(-1)
-        if c.use_ordered_embeddings and not c.use_target_embeddings:
-            rows = self.token_embd.reshape(c.n_centroids, per, c.n_embd)[top].reshape(-1, c.n_embd)
-        else:
-            rows = self.rows(ids, target)
         out = np.full(c.n_vocab, NEG, np.float32)
-        out[ids] = self._cap(rows @ h_inner)
+        out[ids] = self._cap(self._routed_scores(ids, top, h_inner, target))
         return out
+
+    def _routed_scores(self, ids: np.ndarray, top: np.ndarray, h_inner: np.ndarray, target) -> np.ndarray:
+        """Raw scores of the routed candidate ids (before the softcap)."""
+        c = self.cfg
+        if c.use_ordered_embeddings and not c.use_target_embeddings:
+            per = c.n_vocab // c.n_centroids
+            return self.token_embd.reshape(c.n_centroids, per, c.n_embd)[top].reshape(-1, c.n_embd) @ h_inner
+        if c.use_target_embeddings and hasattr(target.output, "score_rows"):
+            return target.output.score_rows(ids, h_inner)
+        return self.rows(ids, target) @ h_inner
 
     def logits(self, h_inner: np.ndarray, target) -> np.ndarray:
         return self.routed_logits(h_inner, target) if self.cfg.n_centroids else self.dense_logits(h_inner, target)
 
     def argmax(self, h_inner: np.ndarray, target) -> int:
-        return int(np.argmax(self.logits(h_inner, target)))
+        """argmax of logits() (the lowest id among ties) without building the full row."""
+        c = self.cfg
+        if not c.n_centroids:
+            return int(np.argmax(self.logits(h_inner, target)))
+        k = c.centroid_top_k
+        cl = self.centroids @ h_inner
+        top = np.argpartition(-cl, k - 1)[:k] if k < c.n_centroids else np.arange(c.n_centroids)
+        per = c.n_vocab // c.n_centroids
+        ids = self.token_ordering.reshape(c.n_centroids, per)[top].reshape(-1)
+        s = self._cap(self._routed_scores(ids, top, h_inner, target))
+        return int(ids[s == s.max()].min())
 
     def draft(self, target, cache, id_last: int, h_prev: np.ndarray, attn_pos: int, n_steps: int,
               cancelled=None) -> list[int]:

@@ -278,7 +278,21 @@ def test_centroid_head_equals_dense_when_top_k_covers_all(target, tmp_path, emb)
         part = a.routed_logits(h, model)  # top 3 of 8 clusters: only 3 x 48 tokens scored
         assert np.count_nonzero(part > -1e29) == 3 * (a.cfg.n_vocab // 8)
         agree_partial += int(np.argmax(part)) == int(np.argmax(d))
+        assert a.argmax(h, model) == int(np.argmax(part))  # the fast argmax (no full row) is the same
     assert agree_partial < 20  # random centroids route elsewhere sometimes: the routed head is really routed
+
+
+def test_int16_score_rows_equals_rows_product():
+    """RowInt16.score_rows (the routed head's fast path) against the plain rows(idx) @ h."""
+    from turbospec.engine.linear import RowInt16, quantize_rows_int16
+
+    rng = np.random.default_rng()
+    w = rng.standard_normal((3000, 40)).astype(np.float32)
+    lin = RowInt16(*quantize_rows_int16(w))
+    for n in (1, 511, 512, 1300):
+        idx = rng.choice(3000, n, replace=False)
+        h = rng.standard_normal(40).astype(np.float32)
+        np.testing.assert_allclose(lin.score_rows(idx, h), lin.rows(idx) @ h, rtol=1e-5, atol=1e-4)
 
 
 def test_draft_reads_only_cells_up_to_attn_pos(target, tmp_path):

@@ -843,10 +843,8 @@ class Aggregator:
         "draft_us_n", "verify_us_sum", "verify_us_n", "runs",
     )
 
-    def concat(self, b: Aggregator) -> None:
-        """Append the aggregates of the lines that follow this aggregator's, where ``b`` was fed
-        those lines starting from :func:`aggregator_at` of the split (so its streaming state at
-        the start equals ours at the end). Afterwards self is what feeding every line here gives."""
+    def add_counts(self, b: Aggregator) -> None:
+        """Add b's counters, event/path/pair counts and per-path stats to ours."""
         for name in self._SUMMED:
             setattr(self, name, getattr(self, name) + getattr(b, name))
         for src, dst in ((b.events, self.events), (b.paths, self.paths), (b.pair_counts, self.pair_counts)):
@@ -856,6 +854,12 @@ class Aggregator:
             ps = self.path_stats.setdefault(k, [0, 0, 0])
             for i in range(3):
                 ps[i] += v[i]
+
+    def concat(self, b: Aggregator) -> None:
+        """Append the aggregates of the lines that follow this aggregator's, where ``b`` was fed
+        those lines starting from :func:`aggregator_at` of the split (so its streaming state at
+        the start equals ours at the end). Afterwards self is what feeding every line here gives."""
+        self.add_counts(b)
         if b.h_l2_n:
             self.h_l2_min = b.h_l2_min if self.h_l2_min is None else min(self.h_l2_min, b.h_l2_min)
             self.h_l2_max = b.h_l2_max if self.h_l2_max is None else max(self.h_l2_max, b.h_l2_max)
@@ -1541,20 +1545,7 @@ def merge_aggregators(aggs: list[Aggregator]) -> Aggregator:
     """Whole-run totals of several traces (counters summed; header/end/buckets of the last one)."""
     out = Aggregator()
     for a in aggs:
-        for name in (
-            "lines", "malformed_lines", "ignored_lines", "unknown_events", "rounds", "n_accepted", "n_drafted",
-            "skip_rounds", "draft_lines", "unpaired_accepts", "draft_len_mismatch", "n_prompt", "prefill_us",
-            "n_gen", "decode_us", "timed_tokens", "arrival_decode_s", "arrival_tokens", "h_l2_n", "h_l2_sum",
-            "draft_us_sum", "draft_us_n", "verify_us_sum", "verify_us_n", "runs",
-        ):
-            setattr(out, name, getattr(out, name) + getattr(a, name))
-        for src, dst in ((a.events, out.events), (a.paths, out.paths), (a.pair_counts, out.pair_counts)):
-            for k, v in src.items():
-                dst[k] = dst.get(k, 0) + v
-        for k, v in a.path_stats.items():
-            ps = out.path_stats.setdefault(k, [0, 0, 0])
-            for i in range(3):
-                ps[i] += v[i]
+        out.add_counts(a)
         for name, pick in (("h_l2_min", min), ("h_l2_max", max)):
             vals = [x for x in (getattr(out, name), getattr(a, name)) if x is not None]
             setattr(out, name, pick(vals) if vals else None)

@@ -81,3 +81,26 @@ def test_self_drafting_is_always_accepted(real):
     res = gen(m, tok, ids, drafter=DraftModelDrafter(m), spec=SpecConfig(block_size=4, pipeline_depth=2))
     assert res.tokens == plain
     assert res.spec["draft_acceptance_rate"] == 1.0 and res.spec["tau"] == 4.0
+
+
+def test_shipped_mtp_head_greedy_identical_and_accepted(real):
+    """The shipped assistant: strict validation against the default model passes, greedy output is
+    token-identical to plain decoding for B = 2..6 (f16 and a q8_0-K / turbo3-V cache), and it
+    really drafts (a broken or untrained head is accepted ~0% of the time)."""
+    from turbospec.engine.spec.mtp import MTPDrafter, shipped_head_path
+
+    if shipped_head_path() is None:
+        pytest.fail("the MTP assistant (turbospec/engine/data/mtp-gemma3-270m.gguf) is not in this build")
+    m, tok = real
+    assistant = MTPDrafter.load(None, m, tok).assistant
+    acc = dr = 0
+    for kv, blocks in ((None, (2, 3, 4, 5, 6)), (KVConfig(type_k="q8_0", type_v="turbo3"), (3, 5))):
+        for i in range(len(PROMPTS)):
+            ids = prompt_ids(tok, i)
+            plain = gen(m, tok, ids, kv).tokens
+            for b in blocks:
+                res = gen(m, tok, ids, kv, MTPDrafter(assistant, m), SpecConfig(block_size=b, pipeline_depth=2 - b % 2))
+                assert res.tokens == plain, (PROMPTS[i], b, kv)
+                acc += res.spec["n_accepted"]
+                dr += res.spec["n_drafted"]
+    assert dr > 0 and acc / dr > 0.3, acc / dr

@@ -71,9 +71,25 @@ def load_prompts(path: Path | None = None) -> list[tuple[str, str]]:
     return out
 
 
-def job_list(n_prompts: int, seed: int) -> list[dict]:
+FREE_PREFIX = 32  # free-running jobs: tokens sampled at temperature 1.0 from BOS before the job's own temperature
+FREE_TEMPS = [0.0, 0.0, 0.7, 1.0]  # greedy-heavy, like the text speculative decoding is asked to draft
+
+
+def job_list(n_prompts: int, seed: int, n_free: int = 0) -> list[dict]:
     """An endless-enough deterministic list of generation jobs: every prompt greedy, then rounds
-    of sampled variants (temperatures 0.7, 1.0, 0.5 ...) with fresh seeds, shuffled per round."""
+    of sampled variants (temperatures 0.7, 1.0, 0.5 ...) with fresh seeds, shuffled per round;
+    then ``n_free`` free-running jobs (prompt -1: BOS only, the first FREE_PREFIX tokens sampled
+    at temperature 1.0, so the model picks its own topics — 52 prompts alone made an assistant
+    that knew their topics: 64% step-0 accuracy on training text, 36% on held-out prompts)."""
+    jobs = _prompt_jobs(n_prompts, seed)
+    rng = np.random.default_rng(seed + 7919)
+    for k in range(n_free):
+        jobs.append({"id": len(jobs), "prompt": -1, "temp": FREE_TEMPS[k % len(FREE_TEMPS)],
+                     "seed": int(rng.integers(1 << 31))})
+    return jobs
+
+
+def _prompt_jobs(n_prompts: int, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     temps = [0.0, 0.7, 1.0, 0.5, 0.8, 1.2]
     jobs = []
@@ -211,6 +227,7 @@ class DataConfig:
     max_new: int = 320  # generated tokens per sequence at most
     seed: int = 0
     top_k: int = 64  # sampling: top-k then temperature
+    free: int = 0  # free-running jobs (BOS + a sampled prefix) added to the prompt set's jobs
 
 
 def encode_prompt(tok, kind: str, text: str) -> list[int]:
@@ -237,8 +254,9 @@ def write_json_atomic(path: Path, obj) -> None:
 
 @torch.no_grad()
 def generate_batch(tm: TorchGemma3, prompts: list[list[int]], temps: list[float], seeds: list[int],
-                   dc: DataConfig, stop: set[int]) -> list[dict[str, np.ndarray]]:
-    """Generate for a batch of prompts; per sequence the recorded arrays (see module doc)."""
+                   dc: DataConfig, stop: set[int], free: list[int] | None = None) -> list[dict[str, np.ndarray]]:
+    """Generate for a batch of prompts; per sequence the recorded arrays (see module doc).
+    ``free[b]``: the first free[b] generated tokens of row b are sampled at temperature 1.0."""
     c = tm.cfg
     B = len(prompts)
     Tc = max(len(p) for p in prompts) + dc.max_new
@@ -261,14 +279,16 @@ def generate_batch(tm: TorchGemma3, prompts: list[list[int]], temps: list[float]
     done = torch.zeros(B, dtype=torch.bool)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     kk = max(TOPK, dc.top_k)
-    for _ in range(dc.max_new):
+    free = free or [0] * B
+    for step in range(dc.max_new):
         lg = tm.logits(last_h)
         tvk, tik = lg.topk(kk, dim=-1)  # sorted: the recorded top-8 and the sampling candidates at once
         tv, ti = tvk[:, :TOPK], tik[:, :TOPK].to(torch.int32)
         nxt = ti[:, 0].long().clone()
         for b in range(B):
-            if temps[b] > 0 and not done[b]:
-                pr = torch.softmax(tvk[b, : dc.top_k] / temps[b], dim=-1)
+            temp = 1.0 if step < free[b] else temps[b]
+            if temp > 0 and not done[b]:
+                pr = torch.softmax(tvk[b, : dc.top_k] / temp, dim=-1)
                 nxt[b] = tik[b, torch.multinomial(pr, 1, generator=gens[b])[0]]
         live = ~done
         pos = length - 1  # the position whose output these logits are
@@ -324,14 +344,16 @@ def generate_data(model_path: Path, tok, work: Path, dc: DataConfig, prompts: li
         return man
     tm = TorchGemma3(model_path)
     stop = {t for t in stop_ids(tok) if t is not None}
-    jobs = job_list(len(prompts), dc.seed)
+    jobs = job_list(len(prompts), dc.seed, dc.free)
     done_ids = {j for s in man["shards"] for j in s["jobs"]}
     todo = [j for j in jobs if j["id"] not in done_ids]
+    todo.sort(key=lambda j: j["prompt"] >= 0 if dc.free else False)  # free-running jobs first when asked for
     while man["n_tokens"] < dc.tokens and todo:
         batch, todo = todo[: dc.batch], todo[dc.batch :]
         t0 = time.perf_counter()
-        enc = [encode_prompt(tok, *prompts[j["prompt"]]) for j in batch]
-        seqs = generate_batch(tm, enc, [j["temp"] for j in batch], [j["seed"] for j in batch], dc, stop)
+        enc = [encode_prompt(tok, *prompts[j["prompt"]]) if j["prompt"] >= 0 else [tok.bos_id] for j in batch]
+        seqs = generate_batch(tm, enc, [j["temp"] for j in batch], [j["seed"] for j in batch], dc, stop,
+                              free=[FREE_PREFIX if j["prompt"] < 0 else 0 for j in batch])
         name = f"shard_{len(man['shards']):05d}.npz"
         n = save_shard(work / name, seqs)
         dt = time.perf_counter() - t0

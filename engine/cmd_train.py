@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument("--phase", choices=["all", "data", "train"], default="all",
                    help="data = generate only; train = train and write from the data already there")
     p.add_argument("--prompts", default=None, metavar="FILE", help="prompt file (KIND<TAB>TEXT per line)")
+    p.add_argument("--free", type=int, default=0, metavar="N",
+                   help="also N free-running jobs: BOS, 32 tokens sampled at temperature 1.0, then greedy or "
+                   "sampled; generated before the remaining prompt jobs (default 0)")
     p.add_argument("--batch", type=int, default=16, help="sequences generated together (default 16)")
     p.add_argument("--max-new", type=int, default=320, help="generated tokens per sequence at most (default 320)")
     p.add_argument("--layers", type=int, default=4, help="assistant layers (default 4; the last is global)")
@@ -83,7 +86,7 @@ def cmd_train_assistant(args) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     prompts = at.load_prompts(args.prompts)
-    dc = at.DataConfig(tokens=args.tokens, batch=args.batch, max_new=args.max_new, seed=args.seed)
+    dc = at.DataConfig(tokens=args.tokens, batch=args.batch, max_new=args.max_new, seed=args.seed, free=args.free)
     t0 = time.perf_counter()
     if args.phase in ("all", "data"):
         man = at.generate_data(model_path, tok, work, dc, prompts, log=log)

@@ -56,6 +56,34 @@ def test_torch_target_matches_numpy_engine(target, tiny_gguf):
     np.testing.assert_allclose(k_rec.astype(np.float32), k_engine, rtol=2e-3, atol=2e-3)
 
 
+def test_free_running_jobs(target, tiny_gguf, tmp_path, monkeypatch):
+    """--free N: jobs from BOS alone (n_prompt 1), generated before the prompt jobs, each with
+    its own sampled prefix (different text per job), recorded like any other sequence."""
+    model, tok = target
+    jobs = at.job_list(len(PROMPTS), 0, n_free=5)
+    free = [j for j in jobs if j["prompt"] < 0]
+    assert len(free) == 5 and [j["id"] for j in free] == list(range(len(jobs) - 5, len(jobs)))
+    assert at.job_list(len(PROMPTS), 0)[: len(jobs) - 5] == jobs[: len(jobs) - 5]  # old ids keep their jobs
+    dc = at.DataConfig(tokens=30, batch=4, max_new=at.FREE_PREFIX + 4, seed=0, free=5)
+    man = at.generate_data(tiny_gguf, tok, tmp_path, dc, PROMPTS, log=lambda m: None)
+    assert set(man["shards"][0]["jobs"]) <= {j["id"] for j in free}
+    seqs = at.load_shards(tmp_path, man)[:4]
+    assert all(s["n_prompt"] == 1 and s["tokens"][0] == tok.bos_id for s in seqs)
+    gen = np.nonzero(seqs[0]["argmax"] >= 0)[0]
+    assert gen[0] == 0 and len(gen) >= at.FREE_PREFIX
+    # the free prefix is sampled (temperature 1.0) even for a greedy job; greedy rows are not
+    # (the tiny model is too peaked for samples to differ: count the draws instead)
+    ids = tok.encode("the cat is on the mat and the dog", add_bos=True)
+    draws = []
+    real = torch.multinomial
+    monkeypatch.setattr(torch, "multinomial",
+                        lambda pr, n, generator=None: draws.append(1) or real(pr, n, generator=generator))
+    rows = at.generate_batch(at.TorchGemma3(tiny_gguf), [ids] * 4, [0.0] * 4, [1, 2, 3, 4],
+                             at.DataConfig(max_new=10), set(), free=[0, 0, 8, 3])
+    assert len(draws) == 8 + 3
+    assert rows[0]["tokens"].tolist() == rows[1]["tokens"].tolist()
+
+
 def test_balanced_kmeans_sizes_and_recovery():
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((8, 16)) * 5

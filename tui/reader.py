@@ -133,13 +133,13 @@ class TraceSource:
         finally:
             worker.kill()
 
-    def _run_tail(self, notify: Callable[[int, int], None], parallel_min_bytes: int = PARALLEL_MIN_BYTES) -> None:
+    def _run_tail(self, notify: Callable[[int, int], None]) -> None:
         t = self.tailer
         assert t is not None
         live = t.pipe  # the initial catch-up of a file has no meaningful arrival times
         try:
             if not t.pipe:
-                self._parallel_catch_up(notify, parallel_min_bytes)
+                self._parallel_catch_up(notify, PARALLEL_MIN_BYTES)
             while not self._stop.is_set():
                 lines = t.poll(timeout=self.poll_s if t.pipe else 0.0)
                 self.status = t.status

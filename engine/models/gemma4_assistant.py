@@ -368,14 +368,19 @@ class Gemma4Assistant:
     def routed_logits(self, h_inner: np.ndarray, target, top_k: int | None = None) -> np.ndarray:
         """The centroid-routed head: a full row, -1e30 outside the top-k clusters' tokens."""
         c = self.cfg
+        top, ids = self._route(h_inner, top_k)
+        out = np.full(c.n_vocab, NEG, np.float32)
+        out[ids] = self._cap(self._routed_scores(ids, top, h_inner, target))
+        return out
+
+    def _route(self, h_inner: np.ndarray, top_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(the top-k clusters by centroid score, the token ids they hold)."""
+        c = self.cfg
         k = top_k or c.centroid_top_k
         cl = self.centroids @ h_inner
         top = np.argpartition(-cl, k - 1)[:k] if k < c.n_centroids else np.arange(c.n_centroids)
         per = c.n_vocab // c.n_centroids
-        ids = self.token_ordering.reshape(c.n_centroids, per)[top].reshape(-1)
-        out = np.full(c.n_vocab, NEG, np.float32)
-        out[ids] = self._cap(self._routed_scores(ids, top, h_inner, target))
-        return out
+        return top, self.token_ordering.reshape(c.n_centroids, per)[top].reshape(-1)
 
     def _routed_scores(self, ids: np.ndarray, top: np.ndarray, h_inner: np.ndarray, target) -> np.ndarray:
         """Raw scores of the routed candidate ids (before the softcap)."""
@@ -392,14 +397,9 @@ class Gemma4Assistant:
 
     def argmax(self, h_inner: np.ndarray, target) -> int:
         """argmax of logits() (the lowest id among ties) without building the full row."""
-        c = self.cfg
-        if not c.n_centroids:
+        if not self.cfg.n_centroids:
             return int(np.argmax(self.logits(h_inner, target)))
-        k = c.centroid_top_k
-        cl = self.centroids @ h_inner
-        top = np.argpartition(-cl, k - 1)[:k] if k < c.n_centroids else np.arange(c.n_centroids)
-        per = c.n_vocab // c.n_centroids
-        ids = self.token_ordering.reshape(c.n_centroids, per)[top].reshape(-1)
+        top, ids = self._route(h_inner)
         s = self._cap(self._routed_scores(ids, top, h_inner, target))
         return int(ids[s == s.max()].min())
 

@@ -70,9 +70,6 @@ def setup_engine(args, quiet: bool = False):
     from turbospec.engine.loader import load_model, load_tokenizer
 
     if choice.name == "cupy":
-        if getattr(args, "spec", "none") == "mtp":
-            raise UserError("--spec mtp reads the NumPy KV cache and does not run on --backend cupy yet; "
-                            "use --backend numpy, or --spec ngram/draft on the GPU")
         from turbospec.engine.cuda_model import load_device_model
 
         model = load_device_model(args.model, "cupy")  # TURBOSPEC_CUDA_GRAPH=0 turns CUDA graphs off
@@ -180,6 +177,12 @@ def make_drafter(args, model, tok, kv, n_ctx: int):
             "--spec mtp is not available in this build (turbospec.engine.spec.mtp is missing); "
             "use --spec ngram or --spec draft"
         ) from None
+    from turbospec.engine.cuda_model import DeviceGemma3
+
+    if isinstance(model, DeviceGemma3):  # --backend cupy: the assistant runs on the kernels, on its own stream
+        from turbospec.engine.spec.mtp_device import DeviceMTPDrafter
+
+        return DeviceMTPDrafter.load(args.mtp_head, model, tok), spec
     return MTPDrafter.load(args.mtp_head, model, tok), spec
 
 

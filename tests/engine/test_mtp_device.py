@@ -1,0 +1,197 @@
+"""The device MTP drafter (engine/spec/mtp_device.py) in "emu" mode — the .cu kernels through the
+host harness — against the NumPy assistant (engine/models/gemma4_assistant.py, engine/spec/mtp.py)
+on the tiny target: the routed / dense head's greedy id for every scoring-row layout, the draft
+tokens and the last step's h_inner of several rounds for an f16 and a turbo3 (+ K equalization)
+cache, read-only use of the target's KV cells <= attn_pos, a whole greedy generate_spec on the
+device model (token-identical to plain greedy, the same accepted counts as the NumPy drafter),
+and `turbospec run --backend cupy --spec mtp` with the device model in emu mode.
+The stream / event overlap itself needs a GPU (in emu they are no-ops)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+from test_mtp import PROMPT, write_random
+
+from turbospec.engine.generate import GenConfig, Session, generate
+from turbospec.engine.kv.cache import KVConfig
+from turbospec.engine.models.gemma4_assistant import Gemma4Assistant
+from turbospec.engine.spec.base import Round
+from turbospec.engine.spec.loop import SpecConfig
+from turbospec.engine.spec.mtp import MTPDrafter
+from turbospec.engine.spec.mtp_device import DeviceMTPDrafter
+from turbospec.errors import UserError
+
+# the assistant's matrices need rows that are a multiple of 32 for the matvec kernels
+SIZES = {"n_embd": 64, "n_ff": 96}
+EMB = {"own": {}, "ordered": {"use_ordered_embeddings": True}, "target": {"use_target_embeddings": True},
+       "dense": {"n_centroids": 0, "centroid_top_k": 0}}
+
+
+@pytest.fixture(scope="module")
+def models(tiny_gguf):
+    from turbospec.engine.backend import set_threads
+    from turbospec.engine.cuda_model import load_device_model
+    from turbospec.engine.loader import load_model, load_tokenizer
+
+    set_threads(0)
+    ref = load_model(tiny_gguf, storage="f32", quiet=True)
+    return ref, load_device_model(tiny_gguf, "emu"), load_tokenizer(ref)
+
+
+def _pair(models, path):
+    """(NumPy assistant, device drafter) for the same file."""
+    ref, dev, tok = models
+    a = Gemma4Assistant.load(path)
+    a.validate(ref, tok.tokens)
+    return a, DeviceMTPDrafter.load(path, dev, tok)
+
+
+def _rel(a, b) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("emb", list(EMB))
+def test_head_equals_numpy_argmax(models, tmp_path, emb):
+    """DeviceAssistant.head (centroid logits -> top-k -> candidate ids -> gathered rows -> argmax
+    with ids, or the dense head) gives Gemma4Assistant.argmax's id for random h_inner."""
+    ref, dev, tok = models
+    a, d = _pair(models, write_random(tmp_path / "a.gguf", ref, tok.tokens, seed=9, **SIZES, **EMB[emb]))
+    da = d.assistant
+    rng = np.random.default_rng()
+    out = np.full(1, -7, np.int32)
+    for _ in range(12):
+        h = rng.standard_normal(a.cfg.n_embd).astype(np.float32)
+        da.head(h, out)
+        assert int(out[0]) == a.argmax(h, ref)
+
+
+@pytest.mark.parametrize("kv", [KVConfig(), KVConfig(type_k="turbo3", type_v="turbo3", equalize=0.5)],
+                         ids=["f16", "turbo3-eq"])
+def test_rounds_equal_numpy_drafter(models, tmp_path, kv):
+    """Rounds at several attn_pos (later cells play rejected drafts): the device drafter's tokens
+    are the NumPy MTPDrafter's over the NumPy target's cache, and the last step's h_inner agrees."""
+    ref, dev, tok = models
+    a, d = _pair(models, write_random(tmp_path / "a.gguf", ref, tok.tokens, seed=4, **SIZES, **EMB["target"]))
+    ids = tok.encode(PROMPT, add_bos=True)
+    rs, ds = Session(ref, kv), Session(dev, kv)
+    rs.prefill(ids)
+    ds.prefill(ids)
+    assert len(ids) > 2 * ref.cfg.window  # the sliding layer's window matters
+    if kv.equalize:
+        assert ds.cache.eq[a.src[0]] is not None and ds.cache.eq_set[a.src[0]]
+    nd = MTPDrafter(a, ref)
+    nd.begin(rs, ids)
+    d.begin(ds, ids)
+    for back, id_last in ((1, 300), (3, 281), (5, ids[-1])):
+        ap = rs.n_past - back
+        rnd = Round(0, id_last, ap, -1, rs.hidden[ap], 3, list(ids[: ap + 1]) + [id_last])
+        exp = nd.propose(rnd, threading.Event()).tokens
+        got = d.propose(rnd, threading.Event())
+        assert got.tokens == exp, back
+        assert got.extra["h_l2"] == pytest.approx(rnd.h_l2)
+        tok_in, h = id_last, rs.hidden[ap]
+        for k in range(3):
+            h_inner, h = a.step(ref, rs.cache, tok_in, h, ap, k)
+            tok_in = exp[k]
+        assert _rel(d.assistant.h, h_inner) < 1e-3, back
+    # cancelled before the first step: nothing drafted, nothing left running
+    stop = threading.Event()
+    stop.set()
+    assert d.propose(rnd, stop).tokens == []
+    d.close()
+
+
+def test_draft_reads_only_cells_up_to_attn_pos(models, tmp_path):
+    ref, dev, tok = models
+    _, d = _pair(models, write_random(tmp_path / "a.gguf", ref, tok.tokens, seed=2, **SIZES))
+    ids = tok.encode(PROMPT, add_bos=True)
+    s = Session(dev, KVConfig(type_k="q8_0", type_v="turbo3"))
+    s.prefill(ids)
+    d.begin(s, ids)
+    ap = s.n_past - 4  # the last 3 cells play rejected drafts, not yet truncated
+    rnd = Round(0, 300, ap, -1, s.hidden[ap], 4, [])
+    before = d.propose(rnd, threading.Event()).tokens
+    h_before = np.array(d.assistant.h)
+    rng = np.random.default_rng(1)
+    for k, v in zip(s.cache.k, s.cache.v, strict=True):
+        k[ap + 1:] = rng.integers(0, 255, k[ap + 1:].shape, dtype=np.uint8) & 0x3B
+        v[ap + 1:] = rng.integers(0, 255, v[ap + 1:].shape, dtype=np.uint8) & 0x3B
+    assert d.propose(rnd, threading.Event()).tokens == before
+    np.testing.assert_array_equal(d.assistant.h, h_before)
+    # the control: a cell <= attn_pos of a source layer does change the state
+    src = d.assistant.src[0]
+    s.cache.v[src][ap] = rng.integers(0, 255, s.cache.v[src][ap].shape, dtype=np.uint8) & 0x3B
+    d.propose(rnd, threading.Event())
+    assert not np.array_equal(d.assistant.h, h_before)
+
+
+def test_generate_spec_on_device_equals_greedy(models, tmp_path):
+    """Greedy speculative decoding on the device model with the device drafter (pipeline depth 2):
+    the tokens of plain greedy decoding, and round by round the NumPy drafter's acceptance."""
+    ref, dev, tok = models
+    head = write_random(tmp_path / "a.gguf", ref, tok.tokens, seed=4, **SIZES, **EMB["target"])
+    ids = tok.encode(PROMPT, add_bos=True)
+    cfg = GenConfig(n_predict=12, ignore_eos=True, kv=KVConfig())
+    plain = generate(dev, tok, ids, cfg)
+    d = DeviceMTPDrafter.load(head, dev, tok)
+    nd = MTPDrafter.load(head, ref, tok)
+    spec = SpecConfig(block_size=4, pipeline_depth=2)
+    try:
+        res = generate(dev, tok, ids, cfg, drafter=d, spec=spec)
+        nres = generate(ref, tok, ids, cfg, drafter=nd, spec=spec)
+    finally:
+        d.close()
+        nd.close()
+    assert res.tokens == plain.tokens == nres.tokens
+    assert res.spec["lazy_rounds"] > 0  # depth 2: prepared on the worker thread and awaited
+    assert res.spec["pair_counts"] == nres.spec["pair_counts"]
+
+
+def test_make_drafter_picks_device_and_validates(models, tmp_path):
+    import argparse
+
+    from turbospec.engine.cmd_run import make_drafter
+
+    ref, dev, tok = models
+    ns = argparse.Namespace(spec="mtp", draft_block_size=3, draft_max=16, pipeline_depth=1,
+                            mtp_head=str(write_random(tmp_path / "a.gguf", ref, tok.tokens, seed=1, **SIZES)))
+    d, spec = make_drafter(ns, dev, tok, KVConfig(), 256)
+    assert isinstance(d, DeviceMTPDrafter) and spec.pipeline_depth == 1
+    ns.mtp_head = str(write_random(tmp_path / "b.gguf", ref, tok.tokens, seed=1, requires_target_arch="gemma4",
+                                   **SIZES))
+    with pytest.raises(UserError, match="built for target architecture 'gemma4'"):
+        make_drafter(ns, dev, tok, KVConfig(), 256)
+    ns.mtp_head = str(write_random(tmp_path / "c.gguf", ref, tok.tokens, seed=1))  # n_embd 48: rows not x32
+    with pytest.raises(UserError, match="no CUDA matvec.*--backend numpy"):
+        make_drafter(ns, dev, tok, KVConfig(), 256)
+
+
+def test_cli_run_backend_cupy_spec_mtp(models, tiny_gguf, tmp_path, capsys, monkeypatch):
+    """`turbospec run --backend cupy --spec mtp` is no longer refused: with the device model in emu
+    mode standing in for the GPU, the output equals plain greedy and the trace has the draft lines."""
+    import turbospec.engine.backend as backend
+    import turbospec.engine.cuda_model as cm
+    from turbospec.cli import main
+
+    ref, dev, tok = models
+    real_load = cm.load_device_model
+    monkeypatch.setattr(backend, "choose_backend", lambda *a, **k: backend.BackendChoice("cupy", "emu", "test"))
+    monkeypatch.setattr(cm, "load_device_model", lambda path, b="cupy", **k: real_load(path, "emu", **k))
+    head = write_random(tmp_path / "a.gguf", ref, tok.tokens, seed=6, **SIZES, **EMB["target"])
+    base = ["run", "-m", str(tiny_gguf), "-p", PROMPT, "-n", "12", "--ignore-eos", "--backend", "cupy", "--json"]
+    assert main(base) == 0
+    plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    tr = tmp_path / "t.ndjson"
+    assert main(base + ["--spec", "mtp", "--mtp-head", str(head), "--trace", str(tr)]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert got["tokens"] == plain["tokens"] and got["backend"] == "cupy" and got["rounds"] > 0
+    drafts = [json.loads(ln) for ln in tr.read_text().splitlines() if '"mtp_draft"' in ln]
+    assert drafts and all(o["drafter"] == "mtp" and o["h_l2"] > 0 for o in drafts)
+    bad = write_random(tmp_path / "b.gguf", ref, tok.tokens, seed=6, requires_target_arch="gemma4", **SIZES)
+    assert main(base + ["--spec", "mtp", "--mtp-head", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "built for target architecture 'gemma4'" in err and "Traceback" not in err

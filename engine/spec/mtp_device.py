@@ -278,6 +278,14 @@ class DeviceMTPDrafter(Drafter):
         else:
             dst[...] = host
 
+    def _fetch(self, a: Any) -> np.ndarray:
+        """The round's ids on the host, after the drafter's stream has finished its work."""
+        if self.gpu:
+            out = a.get(stream=self.stream)
+            self.stream.synchronize()
+            return out
+        return np.array(a)
+
     def _mark_target(self) -> None:
         """Record an event on the target's stream: everything it has queued so far (the verify)."""
         sess = self.session
@@ -313,9 +321,5 @@ class DeviceMTPDrafter(Drafter):
                     break
                 a.step(cache, rnd.attn_pos, k, want_next=k + 1 < n)
                 done += 1
-            if self.gpu:
-                toks = a.ids[1:done + 1].get(stream=self.stream)
-                self.stream.synchronize()  # also when cancelled: nothing may still read the KV
-            else:
-                toks = np.array(a.ids[1:done + 1])
+            toks = self._fetch(a.ids[1:done + 1])  # also when cancelled: nothing may still read the KV
         return Proposal(tokens=[int(t) for t in toks], extra={"h_l2": rnd.h_l2})

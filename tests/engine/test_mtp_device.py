@@ -195,3 +195,67 @@ def test_cli_run_backend_cupy_spec_mtp(models, tiny_gguf, tmp_path, capsys, monk
     assert main(base + ["--spec", "mtp", "--mtp-head", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "built for target architecture 'gemma4'" in err and "Traceback" not in err
+
+
+def test_stream_protocol_with_a_recording_stream(models, tmp_path, monkeypatch):
+    """The GPU path's ordering, with recording stand-ins for CuPy's stream and event (the arrays stay
+    NumPy): every draft first makes its stream wait for an event recorded on the target's stream
+    after the latest target forward (the verify), launches only after that, and synchronizes its
+    stream before the target runs again. (The real overlap can only be seen on a GPU.)"""
+    import contextlib
+    from types import SimpleNamespace
+
+    ref, dev, tok = models
+    head = write_random(tmp_path / "a.gguf", ref, tok.tokens, seed=4, **SIZES, **EMB["target"])
+    d = DeviceMTPDrafter.load(head, dev, tok)
+    log: list[tuple] = []
+
+    class Stream(contextlib.nullcontext):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def wait_event(self, ev):
+            log.append(("wait", self.name, ev))
+
+        def synchronize(self):
+            log.append(("sync", self.name))
+
+    class Event:
+        def __init__(self, **_):
+            pass
+
+        def record(self, stream):
+            log.append(("record", stream.name, self))
+
+    d.gpu, d.stream = True, Stream("draft")
+    d.xp = SimpleNamespace(cuda=SimpleNamespace(Event=Event))
+    monkeypatch.setattr(dev.runner, "stream", Stream("target"), raising=False)
+    monkeypatch.setattr(d, "_put", lambda dst, host: dst.__setitem__(Ellipsis, host))
+    monkeypatch.setattr(d, "_fetch", lambda a: (log.append(("sync", "draft")), np.array(a))[1])
+    real_step, real_forward = d.assistant.step, dev.runner.forward
+    monkeypatch.setattr(d.assistant, "step", lambda *a, **k: (log.append(("step",)), real_step(*a, **k))[1])
+    monkeypatch.setattr(dev.runner, "forward", lambda *a, **k: (log.append(("forward",)), real_forward(*a, **k))[1])
+    ids = tok.encode(PROMPT, add_bos=True)
+    try:
+        res = generate(dev, tok, ids, GenConfig(n_predict=10, ignore_eos=True), drafter=d,
+                       spec=SpecConfig(block_size=3, pipeline_depth=2))
+    finally:
+        d.close()
+    assert res.spec["lazy_rounds"] > 0
+    last_forward, recorded, drafting, waits = -1, {}, False, 0
+    for i, e in enumerate(log):
+        if e[0] == "forward":
+            assert not drafting, "the target ran while a draft was in flight"
+            last_forward = i
+        elif e[0] == "record":
+            assert e[1] == "target"
+            recorded[id(e[2])] = i
+        elif e[0] == "wait":
+            assert e[1] == "draft" and recorded.get(id(e[2]), -1) > last_forward  # after the latest verify
+            drafting, waits = True, waits + 1
+        elif e[0] == "step":
+            assert drafting
+        elif e[0] == "sync":
+            drafting = False
+    assert waits == res.spec["rounds"] and not drafting

@@ -5,7 +5,8 @@ tokens and the last step's h_inner of several rounds for an f16 and a turbo3 (+ 
 cache, read-only use of the target's KV cells <= attn_pos, a whole greedy generate_spec on the
 device model (token-identical to plain greedy, the same accepted counts as the NumPy drafter),
 and `turbospec run --backend cupy --spec mtp` with the device model in emu mode.
-The stream / event overlap itself needs a GPU (in emu they are no-ops)."""
+The head, rounds and generate tests also run on CuPy where a GPU is present (skipped here); the
+stream / event order is checked with recording stand-ins, the overlap itself needs a GPU."""
 
 from __future__ import annotations
 
@@ -42,6 +43,26 @@ def models(tiny_gguf):
     return ref, load_device_model(tiny_gguf, "emu"), load_tokenizer(ref)
 
 
+@pytest.fixture(scope="module", params=["emu", "cupy"])
+def any_dev(request, models, tiny_gguf):
+    """(NumPy target, device target, tokenizer) for the emu harness and, where CuPy has a GPU, the GPU."""
+    if request.param == "emu":
+        return models
+    try:
+        import cupy
+
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception:
+        pytest.skip("no CUDA GPU through CuPy here: the emu variant covers the same kernels on the CPU")
+    from turbospec.engine.cuda_model import load_device_model
+
+    return models[0], load_device_model(tiny_gguf, "cupy"), models[2]
+
+
+def _host(a) -> np.ndarray:
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
 def _pair(models, path):
     """(NumPy assistant, device drafter) for the same file."""
     ref, dev, tok = models
@@ -55,27 +76,27 @@ def _rel(a, b) -> float:
 
 
 @pytest.mark.parametrize("emb", list(EMB))
-def test_head_equals_numpy_argmax(models, tmp_path, emb):
+def test_head_equals_numpy_argmax(any_dev, tmp_path, emb):
     """DeviceAssistant.head (centroid logits -> top-k -> candidate ids -> gathered rows -> argmax
     with ids, or the dense head) gives Gemma4Assistant.argmax's id for random h_inner."""
-    ref, dev, tok = models
-    a, d = _pair(models, write_random(tmp_path / "a.gguf", ref, tok.tokens, seed=9, **SIZES, **EMB[emb]))
-    da = d.assistant
+    ref, dev, tok = any_dev
+    a, d = _pair(any_dev, write_random(tmp_path / "a.gguf", ref, tok.tokens, seed=9, **SIZES, **EMB[emb]))
+    da, xp = d.assistant, dev.runner.xp
     rng = np.random.default_rng()
-    out = np.full(1, -7, np.int32)
+    out = xp.full((1,), -7, xp.int32)
     for _ in range(12):
         h = rng.standard_normal(a.cfg.n_embd).astype(np.float32)
-        da.head(h, out)
-        assert int(out[0]) == a.argmax(h, ref)
+        da.head(xp.asarray(h), out)
+        assert int(_host(out)[0]) == a.argmax(h, ref)
 
 
 @pytest.mark.parametrize("kv", [KVConfig(), KVConfig(type_k="turbo3", type_v="turbo3", equalize=0.5)],
                          ids=["f16", "turbo3-eq"])
-def test_rounds_equal_numpy_drafter(models, tmp_path, kv):
+def test_rounds_equal_numpy_drafter(any_dev, tmp_path, kv):
     """Rounds at several attn_pos (later cells play rejected drafts): the device drafter's tokens
     are the NumPy MTPDrafter's over the NumPy target's cache, and the last step's h_inner agrees."""
-    ref, dev, tok = models
-    a, d = _pair(models, write_random(tmp_path / "a.gguf", ref, tok.tokens, seed=4, **SIZES, **EMB["target"]))
+    ref, dev, tok = any_dev
+    a, d = _pair(any_dev, write_random(tmp_path / "a.gguf", ref, tok.tokens, seed=4, **SIZES, **EMB["target"]))
     ids = tok.encode(PROMPT, add_bos=True)
     rs, ds = Session(ref, kv), Session(dev, kv)
     rs.prefill(ids)
@@ -97,7 +118,12 @@ def test_rounds_equal_numpy_drafter(models, tmp_path, kv):
         for k in range(3):
             h_inner, h = a.step(ref, rs.cache, tok_in, h, ap, k)
             tok_in = exp[k]
-        assert _rel(d.assistant.h, h_inner) < 1e-3, back
+        assert _rel(_host(d.assistant.h), h_inner) < 1e-3, back
+    # a long round: the buffers grow past their first size, and steps k >= window - 1 see no cell of
+    # the sliding source layer (LayerKV.attend gives zeros there)
+    ap = rs.n_past - 1
+    rnd = Round(0, 300, ap, -1, rs.hidden[ap], ref.cfg.window + 2, [])
+    assert d.propose(rnd, threading.Event()).tokens == a.draft(ref, rs.cache, 300, rs.hidden[ap], ap, rnd.n_steps)
     # cancelled before the first step: nothing drafted, nothing left running
     stop = threading.Event()
     stop.set()
@@ -129,10 +155,10 @@ def test_draft_reads_only_cells_up_to_attn_pos(models, tmp_path):
     assert not np.array_equal(d.assistant.h, h_before)
 
 
-def test_generate_spec_on_device_equals_greedy(models, tmp_path):
+def test_generate_spec_on_device_equals_greedy(any_dev, tmp_path):
     """Greedy speculative decoding on the device model with the device drafter (pipeline depth 2):
     the tokens of plain greedy decoding, and round by round the NumPy drafter's acceptance."""
-    ref, dev, tok = models
+    ref, dev, tok = any_dev
     head = write_random(tmp_path / "a.gguf", ref, tok.tokens, seed=4, **SIZES, **EMB["target"])
     ids = tok.encode(PROMPT, add_bos=True)
     cfg = GenConfig(n_predict=12, ignore_eos=True, kv=KVConfig())

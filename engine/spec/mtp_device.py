@@ -20,8 +20,8 @@ NumPy forward this must equal), with:
   calls the target while a request is in flight, and propose() synchronizes its stream before it
   returns (also when cancelled), so no draft kernel still reads KV cells the target rewrites.
 
-Napkin (default model's assistant, 4 layers × 640, q8_0): ~18M MACs and ~20 MB of weights per step
-(+ 32 × 128 LM-head rows of 640) — ~25 small launches per layer-step, launch-bound on a GPU.
+Napkin (default model's assistant, 4 layers × 640, q8_0): ~18M MACs and ~17 MB of weights read per step
+(+ 32 × 128 LM-head rows of 640) — ~14 small launches per layer, launch-bound on a GPU.
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ class _DevLayer:
     post_ffw_norm: Any
     q: DevWeight
     o: DevWeight
-    gate: DevWeight
-    up: DevWeight
+    gu: DevWeight | None  # gate|up rows in one weight when they share a type (one launch, one pass over h)
+    gate: DevWeight | None
+    up: DevWeight | None
     down: DevWeight
 
 
@@ -82,14 +83,17 @@ class DeviceAssistant:
             a = np.ascontiguousarray(a).view(np.float16 if t == "f16" else np.float32).astype(np.float32)
             return xp.asarray(a.reshape(-1))
 
-        def mat(name: str, rows: int, k: int) -> DevWeight:
+        def mat(name: str, rows: int, k: int, *more: str) -> DevWeight:
+            """One weight, or ``name`` and ``more`` (same type and width) stacked by rows."""
             a, t = raw[name]
             qk = 256 if t in ("q4_k", "q6_k") else 32
             if t not in self.L.WEIGHT_KERNEL_TYPES or k % qk:
                 raise UserError(f"MTP head {self.name}: {name} ({t}, rows of {k}) has no CUDA matvec (types "
                                 f"{', '.join(self.L.WEIGHT_KERNEL_TYPES)}, rows a multiple of {qk}); "
                                 "use --backend numpy")
-            return DevWeight(xp.asarray(np.array(a, np.uint8).reshape(-1)), t, rows, k)  # a copy: the file is mapped
+            parts = [np.asarray(raw[n][0], np.uint8).reshape(-1) for n in (name, *more)]
+            data = np.concatenate(parts)  # a copy either way: the file is memory-mapped
+            return DevWeight(xp.asarray(data), t, rows * len(parts), k)
 
         e, eb, qd = c.n_embd, c.n_embd_backbone, c.n_head * c.head_dim
         self.pre = mat("mtp.pre_projection.weight", e, 2 * eb)
@@ -98,12 +102,15 @@ class DeviceAssistant:
         self.blk = []
         for i in range(c.n_layer):
             p = f"blk.{i}."
+            fused = raw[p + "ffn_gate.weight"][1] == raw[p + "ffn_up.weight"][1]
             self.blk.append(_DevLayer(
                 attn_norm=norm(p + "attn_norm.weight"), attn_q_norm=norm(p + "attn_q_norm.weight"),
                 post_attention_norm=norm(p + "post_attention_norm.weight"), ffn_norm=norm(p + "ffn_norm.weight"),
                 post_ffw_norm=norm(p + "post_ffw_norm.weight"),
                 q=mat(p + "attn_q.weight", qd, e), o=mat(p + "attn_output.weight", e, qd),
-                gate=mat(p + "ffn_gate.weight", c.n_ff, e), up=mat(p + "ffn_up.weight", c.n_ff, e),
+                gu=mat(p + "ffn_gate.weight", c.n_ff, e, p + "ffn_up.weight") if fused else None,
+                gate=None if fused else mat(p + "ffn_gate.weight", c.n_ff, e),
+                up=None if fused else mat(p + "ffn_up.weight", c.n_ff, e),
                 down=mat(p + "ffn_down.weight", e, c.n_ff)))
         # the scoring rows: the target's LM head, or the assistant's own (token-ordered) embedding
         self.emb = runner.head if c.use_target_embeddings else mat("token_embd.weight", c.n_vocab, e)
@@ -128,7 +135,8 @@ class DeviceAssistant:
         self.qp = xp.zeros((1, c.n_head, ATT_D), f32) if self.pad else None  # pad columns stay zero
         self.ao = xp.empty((1, c.n_head, ATT_D), f32)
         self.ao_c = xp.empty((1, c.n_head, c.head_dim), f32) if self.pad else None
-        self.g, self.u, self.act = (xp.empty((c.n_ff,), f32) for _ in range(3))
+        self.gu = xp.empty((2 * c.n_ff,), f32)  # [gate | up]
+        self.act = xp.empty((c.n_ff,), f32)
         self.xr = xp.empty((max(2 * eb, e, qd, c.n_ff),), f32)  # rotated input for TQ weights
         self.work = (xp.empty((MAX_SPLIT * c.n_head * ATT_D,), f32), xp.empty((MAX_SPLIT * c.n_head * 2,), f32))
         if c.n_centroids:
@@ -192,9 +200,13 @@ class DeviceAssistant:
                 ao = self.ao
             self._mv(lw.o, ao.reshape(-1), self.o)
             L.add_rmsnorm(self.x, self.o, lw.post_attention_norm, lw.ffn_norm, c.eps, h=self.h)
-            self._mv(lw.gate, self.h, self.g)
-            self._mv(lw.up, self.h, self.u)
-            L.geglu(self.g, self.u, out=self.act)
+            g, u = self.gu[: c.n_ff], self.gu[c.n_ff:]
+            if lw.gu is not None:
+                self._mv(lw.gu, self.h, self.gu)
+            else:
+                self._mv(lw.gate, self.h, g)
+                self._mv(lw.up, self.h, u)
+            L.geglu(g, u, out=self.act)
             self._mv(lw.down, self.act, self.dn)
             w_next = self.blk[i + 1].attn_norm if i + 1 < c.n_layer else self.output_norm
             L.add_rmsnorm(self.x, self.dn, lw.post_ffw_norm, w_next, c.eps, h=self.h)

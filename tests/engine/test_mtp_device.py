@@ -90,13 +90,16 @@ def test_head_equals_numpy_argmax(any_dev, tmp_path, emb):
         assert int(_host(out)[0]) == a.argmax(h, ref)
 
 
-@pytest.mark.parametrize("kv", [KVConfig(), KVConfig(type_k="turbo3", type_v="turbo3", equalize=0.5)],
-                         ids=["f16", "turbo3-eq"])
-def test_rounds_equal_numpy_drafter(any_dev, tmp_path, kv):
+@pytest.mark.parametrize("kv,qtype", [(KVConfig(), "f32"), (KVConfig(type_k="turbo3", type_v="turbo3", equalize=0.5),
+                                                            "q8_0")], ids=["f16-f32w", "turbo3eq-q8w"])
+def test_rounds_equal_numpy_drafter(any_dev, tmp_path, kv, qtype):
     """Rounds at several attn_pos (later cells play rejected drafts): the device drafter's tokens
-    are the NumPy MTPDrafter's over the NumPy target's cache, and the last step's h_inner agrees."""
+    are the NumPy MTPDrafter's over the NumPy target's cache, and the last step's h_inner agrees
+    (assistant weights F32, or Q8_0 kept quantized on the device)."""
     ref, dev, tok = any_dev
-    a, d = _pair(any_dev, write_random(tmp_path / "a.gguf", ref, tok.tokens, seed=4, **SIZES, **EMB["target"]))
+    a, d = _pair(any_dev, write_random(tmp_path / "a.gguf", ref, tok.tokens, seed=4, qtype=qtype, **SIZES,
+                                       **EMB["target"]))
+    assert d.assistant.pre.wtype == qtype and d.assistant.blk[0].gu.wtype == qtype
     ids = tok.encode(PROMPT, add_bos=True)
     rs, ds = Session(ref, kv), Session(dev, kv)
     rs.prefill(ids)
@@ -129,6 +132,31 @@ def test_rounds_equal_numpy_drafter(any_dev, tmp_path, kv):
     stop.set()
     assert d.propose(rnd, stop).tokens == []
     d.close()
+
+
+def test_unfused_gate_up_equals_fused(models, tmp_path):
+    """ffn_gate and ffn_up of different types run as two matvecs: the same drafts and states."""
+    from turbospec.engine.spec.mtp_device import DeviceAssistant, read_raw_tensors
+
+    ref, dev, tok = models
+    path = write_random(tmp_path / "a.gguf", ref, tok.tokens, seed=3, qtype="f16", **SIZES)
+    a, d = _pair(models, path)
+    raw = read_raw_tensors(path)
+    for i in range(a.cfg.n_layer):  # the same values as F32 rows
+        name = f"blk.{i}.ffn_up.weight"
+        raw[name] = (np.asarray(raw[name][0]).view(np.float16).astype(np.float32).view(np.uint8), "f32")
+    split = DeviceMTPDrafter(DeviceAssistant(a, raw, dev.runner))
+    assert d.assistant.blk[0].gu is not None and split.assistant.blk[0].gu is None
+    ids = tok.encode(PROMPT, add_bos=True)
+    s = Session(dev, KVConfig())
+    s.prefill(ids)
+    rnd = Round(0, 300, s.n_past - 2, -1, s.hidden[-2], 3, [])
+    toks = []
+    for dr in (d, split):
+        dr.begin(s, ids)
+        toks.append(dr.propose(rnd, threading.Event()).tokens)
+    assert toks[0] == toks[1]
+    np.testing.assert_allclose(_host(split.assistant.h), _host(d.assistant.h), rtol=1e-5, atol=1e-5)
 
 
 def test_draft_reads_only_cells_up_to_attn_pos(models, tmp_path):

@@ -169,21 +169,18 @@ def make_drafter(args, model, tok, kv, n_ctx: int):
 
         return DraftModelDrafter.load(args.model_draft, tok.tokens, storage=args.weights, kv=kv, n_ctx=n_ctx), spec
     try:
-        from turbospec.engine.spec.mtp import MTPDrafter
+        # the NumPy MTPDrafter, or on the device model (--backend cupy) the kernels on their own stream;
+        # importing the assistant's module first names it when a build lacks it
+        from turbospec.engine.spec import mtp  # noqa: F401
+        from turbospec.engine.spec.mtp_device import load_mtp_drafter
     except ModuleNotFoundError as e:
-        if e.name not in ("turbospec.engine.spec.mtp", "engine.spec.mtp"):
+        if e.name not in ("turbospec.engine.spec.mtp", "engine.spec.mtp", "turbospec.engine.spec.mtp_device"):
             raise
         raise UserError(
             "--spec mtp is not available in this build (turbospec.engine.spec.mtp is missing); "
             "use --spec ngram or --spec draft"
         ) from None
-    from turbospec.engine.cuda_model import DeviceGemma3
-
-    if isinstance(model, DeviceGemma3):  # --backend cupy: the assistant runs on the kernels, on its own stream
-        from turbospec.engine.spec.mtp_device import DeviceMTPDrafter
-
-        return DeviceMTPDrafter.load(args.mtp_head, model, tok), spec
-    return MTPDrafter.load(args.mtp_head, model, tok), spec
+    return load_mtp_drafter(args.mtp_head, model, tok), spec
 
 
 def _argv_without(argv: list[str], flags: set[str], with_value: set[str]) -> list[str]:

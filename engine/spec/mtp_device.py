@@ -335,3 +335,15 @@ class DeviceMTPDrafter(Drafter):
                 done += 1
             toks = self._fetch(a.ids[1:done + 1])  # also when cancelled: nothing may still read the KV
         return Proposal(tokens=[int(t) for t in toks], extra={"h_l2": rnd.h_l2})
+
+
+def load_mtp_drafter(path: str | Path | None, model: Any, tok: Any) -> Drafter:
+    """The MTP drafter for ``model``: DeviceMTPDrafter on the device model (engine/cuda_model.py's
+    DeviceGemma3, ``--backend cupy``), else the NumPy MTPDrafter. Same arguments and one-line
+    UserErrors as MTPDrafter.load (path None = the shipped assistant)."""
+    from turbospec.engine.cuda_model import DeviceGemma3
+    from turbospec.engine.spec.mtp import MTPDrafter
+
+    if isinstance(model, DeviceGemma3):
+        return DeviceMTPDrafter.load(path, model, tok)
+    return MTPDrafter.load(path, model, tok)

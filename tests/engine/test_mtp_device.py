@@ -215,6 +215,7 @@ def test_make_drafter_picks_device_and_validates(models, tmp_path):
                             mtp_head=str(write_random(tmp_path / "a.gguf", ref, tok.tokens, seed=1, **SIZES)))
     d, spec = make_drafter(ns, dev, tok, KVConfig(), 256)
     assert isinstance(d, DeviceMTPDrafter) and spec.pipeline_depth == 1
+    assert type(make_drafter(ns, ref, tok, KVConfig(), 256)[0]) is MTPDrafter  # the NumPy model keeps its own
     ns.mtp_head = str(write_random(tmp_path / "b.gguf", ref, tok.tokens, seed=1, requires_target_arch="gemma4",
                                    **SIZES))
     with pytest.raises(UserError, match="built for target architecture 'gemma4'"):

@@ -171,7 +171,7 @@ def make_drafter(args, model, tok, kv, n_ctx: int):
     try:
         # the NumPy MTPDrafter, or on the device model (--backend cupy) the kernels on their own stream;
         # importing the assistant's module first names it when a build lacks it
-        from turbospec.engine.spec import mtp  # noqa: F401
+        from turbospec.engine.spec.mtp import MTPDrafter  # noqa: F401
         from turbospec.engine.spec.mtp_device import load_mtp_drafter
     except ModuleNotFoundError as e:
         if e.name not in ("turbospec.engine.spec.mtp", "engine.spec.mtp", "turbospec.engine.spec.mtp_device"):

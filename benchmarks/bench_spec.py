@@ -84,15 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-ctk", default="f16")
     ap.add_argument("-ctv", default="f16")
     ap.add_argument("-t", "--threads", type=int, default=0)
+    ap.add_argument("--backend", default="numpy", choices=["auto", "numpy", "cupy"],
+                    help="engine backend (default numpy; cupy runs the target and the MTP drafter on the GPU)")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     ap.add_argument("--chat", action="store_true",
                     help="wrap prompts in Gemma's turn format (the default 270M is a base model: it then echoes them, "
                     "which inflates prompt-lookup acceptance); default: raw text as the model continues it")
     args = ap.parse_args(argv)
 
-    from turbospec.engine.backend import set_threads
+    from turbospec.engine.backend import choose_backend, set_threads
 
     threads = set_threads(args.threads)
+    backend = choose_backend(args.backend, quiet=args.backend == "numpy")
     from turbospec.engine.generate import GenConfig, chat_prompt, generate
     from turbospec.engine.kv.cache import KVConfig
     from turbospec.engine.loader import load_model, load_tokenizer
@@ -101,10 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     from turbospec.engine.spec.ngram import NGramDrafter
     from turbospec.trace import TraceWriter, fmt_pct, fmt_tau, per_position
 
-    model = load_model(args.model, quiet=True)
+    if backend.name == "cupy":
+        from turbospec.engine.cuda_model import load_device_model
+
+        model = load_device_model(args.model, "cupy")
+    else:
+        model = load_model(args.model, quiet=True)
     tok = load_tokenizer(model)
     assistant = None
-    if "mtp" in args.spec:
+    if "mtp" in args.spec and backend.name != "cupy":
         from turbospec.engine.spec.mtp import MTPDrafter
 
         assistant = MTPDrafter.load(args.mtp_head, model, tok).assistant
@@ -112,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     def make(name: str):
         if name == "ngram":
             return NGramDrafter()
+        if assistant is None:  # the device drafter uploads its weights per drafter (engine/spec/mtp_device.py)
+            from turbospec.engine.spec.mtp_device import load_mtp_drafter
+
+            return load_mtp_drafter(args.mtp_head, model, tok)
         from turbospec.engine.spec.mtp import MTPDrafter
 
         return MTPDrafter(assistant, model)
@@ -187,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     nb = max(args.blocks) - 1
     mode = f"temp {args.temp} (seeded)" if args.temp > 0 else "greedy"
     print(f"\n{' + '.join(args.spec)} on {Path(model.gguf.path).name}, {len(prompts)} prompts x {args.n_predict} "
-          f"tokens, {mode}, K {args.ctk} / V {args.ctv}, {threads} threads\n")
+          f"tokens, {mode}, K {args.ctk} / V {args.ctv}, {threads} threads, backend {backend.name}\n")
     if peer:
         print(f"llama.cpp plain greedy decode, same prompts: {peer['tok_s']:.2f} tok/s ({peer['engine']})\n")
     head = "| spec | B | depth | draft acceptance | τ | " + " | ".join(f"p{i}" for i in range(nb)) + \

@@ -26,9 +26,10 @@ loop never calls the target model while a request is in flight.
 
 How ``turbospec run --spec mtp`` builds it (engine/cmd_run.py)::
 
-    from turbospec.engine.spec.mtp import MTPDrafter
-    drafter = MTPDrafter.load(args.mtp_head, model, tok)   # head path or None (= the shipped
-                                                           # assistant); raises UserError on a bad file
+    from turbospec.engine.spec.mtp_device import load_mtp_drafter
+    drafter = load_mtp_drafter(args.mtp_head, model, tok)  # head path or None (= the shipped
+    # assistant); MTPDrafter (NumPy) or DeviceMTPDrafter (--backend cupy: the assistant on the
+    # kernels, its own stream); raises UserError on a bad file
 
 Writing a drafter (e.g. ``engine/spec/mtp.py``)::
 

@@ -14,21 +14,18 @@ from turbospec.engine.perplexity import perplexity
 from turbospec.engine.sampling import Sampler, SamplingConfig
 
 
-def test_row_int16_matches_reference():
+def test_row_int16_matches_reference(monkeypatch):
     rng = np.random.default_rng()
     w = rng.standard_normal((3000, 96)).astype(np.float32)
     q, s = quantize_rows_int16(w)
     err = np.abs(q.astype(np.float64) * s[:, None] - w)
     assert np.all(err <= s[:, None] * 0.5 * (1 + 1e-3))
     lin = RowInt16(q, s)
-    RowInt16.TILE_ELEMS = 16 * 96  # many tiles, several workers
-    try:
-        for rows in (1, 7):
-            x = rng.standard_normal((rows, 96)).astype(np.float32)
-            want = x.astype(np.float64) @ (q.astype(np.float64) * s[:, None]).T
-            np.testing.assert_allclose(lin.apply(x), want, rtol=1e-4, atol=1e-4)
-    finally:
-        RowInt16.TILE_ELEMS = 512 * 640
+    monkeypatch.setattr(RowInt16, "TILE_ELEMS", 16 * 96)  # many tiles, several workers
+    for rows in (1, 7):
+        x = rng.standard_normal((rows, 96)).astype(np.float32)
+        want = x.astype(np.float64) @ (q.astype(np.float64) * s[:, None]).T
+        np.testing.assert_allclose(lin.apply(x), want, rtol=1e-4, atol=1e-4)
     d = Dense(w)
     x = rng.standard_normal((2, 96)).astype(np.float32)
     np.testing.assert_allclose(d.apply(x), x @ w.T, rtol=1e-5, atol=1e-5)

@@ -103,4 +103,4 @@ def test_shipped_mtp_head_greedy_identical_and_accepted(real):
                 assert res.tokens == plain, (PROMPTS[i], b, kv)
                 acc += res.spec["n_accepted"]
                 dr += res.spec["n_drafted"]
-    assert dr > 0 and acc / dr > 0.12, acc / dr  # the shipped head: ~25% held out; untrained ~1.5%
+    assert dr > 0 and acc / dr > 0.15, acc / dr  # the shipped head: 19.3% here (B up to 6); untrained ~1.5%

@@ -155,16 +155,19 @@ def main(argv: list[str] | None = None) -> int:
     load1 = os.getloadavg()
 
     f16 = {r["ctx"]: r for r in rows if r["type"] == "f16"}
+    busy = 1.5 * (args.threads or os.cpu_count() or 1) + 0.5  # load beyond this benchmark's own threads
     lines = [
         "# KV cache decode benchmark (default model, NumPy CPU engine)",
         "",
         f"Command: `python benchmarks/bench_kv.py --ctx {args.ctx} --types {args.types} --steps {args.steps} "
         f"-t {args.threads}`",
         f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC · {os.cpu_count()} CPUs · "
-        f"load average {load0[0]:.1f} at start, {load1[0]:.1f} at end — the machine was shared with other jobs: "
-        "the numbers are indicative; the ratios (same run, round-robin steps) are what to read.",
+        f"load average {load0[0]:.1f} at start, {load1[0]:.1f} at end"
+        + (" — the machine was shared with other jobs: the numbers are indicative; the ratios (same run, "
+           "round-robin steps) are what to read." if max(load0[0], load1[0]) > busy else
+           " (this benchmark alone on the machine; its own threads make the load)."),
         "",
-        "Best (minimum) decode step over the timed steps — under this load the minimum is the stable statistic; "
+        "Best (minimum) decode step over the timed steps (the stable statistic on a shared machine); "
         "the median is shown beside it. Attention = LayerKV.attend over all 18 layers per token, best step "
         "(encoding the new token included); codec share = time inside codec encode/decode / step time (median "
         "over steps); "

@@ -558,12 +558,15 @@ class DeviceGemma3:
         return self.runner.greedy_next(tokens, cache)
 
 
-def gguf_tensors(g: Any) -> dict[str, tuple[np.ndarray, str]]:
-    """Every tensor of an open GGUFFile as (raw bytes, GGML type name) for DeviceRunner."""
+def gguf_tensors(g: Any, skip: tuple[str, ...] = ()) -> dict[str, tuple[np.ndarray, str]]:
+    """Every tensor of an open GGUFFile (but ``skip``) as (raw bytes, GGML type name) for the
+    kernels (DeviceRunner, and the MTP assistant in engine/spec/mtp_device.py)."""
     from turbospec.errors import UserError
 
     tensors = {}
     for name in g.tensors:
+        if name in skip:
+            continue
         info = g.info(name)
         tname = GGML_TYPE_NAMES.get(info.type_id)
         if tname is None:

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from turbospec.engine.cuda_model import ATT_D, GGML_TYPE_NAMES, MAX_SPLIT, DevWeight
+from turbospec.engine.cuda_model import ATT_D, MAX_SPLIT, DevWeight, gguf_tensors
 from turbospec.engine.models.gemma4_assistant import AssistantConfig, Gemma4Assistant
 from turbospec.engine.spec.base import Drafter, Proposal, Round
 from turbospec.errors import UserError
@@ -238,18 +238,7 @@ def read_raw_tensors(path: str | Path) -> dict[str, tuple[np.ndarray, str]]:
     (I32) is read by Gemma4Assistant.load."""
     from turbospec.engine.gguf import GGUFFile
 
-    g = GGUFFile.open(path)
-    out = {}
-    for name in g.tensors:
-        if name == "mtp.token_ordering.weight":
-            continue
-        info = g.info(name)
-        tname = GGML_TYPE_NAMES.get(info.type_id)
-        if tname is None:
-            raise UserError(f"MTP head {Path(path).name}: tensor {name} is {info.type_name}, which the CUDA kernels "
-                            f"do not read ({', '.join(GGML_TYPE_NAMES.values())}); use --backend numpy")
-        out[name] = (np.asarray(g.raw(name)), tname)
-    return out
+    return gguf_tensors(GGUFFile.open(path), skip=("mtp.token_ordering.weight",))
 
 
 class DeviceMTPDrafter(Drafter):

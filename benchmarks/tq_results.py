@@ -427,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blocks", type=int, nargs="+", default=[2, 3, 4, 5, 6])
     ap.add_argument("--drafters", nargs="*", default=["tq3_all", "tq4_all"], help="variants used as the draft model")
     ap.add_argument("--skip", nargs="*", default=[], choices=["quality", "speed", "micro", "spec"])
+    ap.add_argument("--variants", nargs="*", default=None, choices=[v.key for v in VARIANTS],
+                    help="only these copies (the original is always included), e.g. for a self-speculation rerun "
+                    "with --skip quality speed micro")
     ap.add_argument("-o", "--output", default=None, help="also write the markdown here")
     ap.add_argument("--json", default=None, help="also write the raw numbers here")
     args = ap.parse_args(argv)
@@ -443,8 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     if workdir.resolve().is_relative_to(REPO):
         raise SystemExit("--workdir must be outside the repository")
     src = default_model_path()
+    keep = None if args.variants is None else {"orig", *args.variants, *args.drafters}
     variants = [Variant(**{k: getattr(v, k) for k in ("key", "label", "type_name", "recipe", "embedding")})
-                for v in VARIANTS]
+                for v in VARIANTS if keep is None or v.key in keep]
     quantize_all(variants, src, workdir, args.requantize)
 
     # every model loaded once, without the on-disk weight cache (nothing lands in ~/.cache)
@@ -471,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     if "speed" not in args.skip:
         speed(variants, models, tok, args.n, args.reps)
     micro = [] if "micro" in args.skip else matvec_micro()
-    mse = tensor_mse(models)
+    mse = tensor_mse(models) if {"tq4_all", "tq3_all"} <= set(models) else []
     spec_rows = {}
     args.spec_prompt_list = load_spec_prompts(args.spec_prompts)
     if "spec" not in args.skip:

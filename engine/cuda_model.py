@@ -49,6 +49,16 @@ def is_cupy_module(xp: Any) -> bool:
     return getattr(xp, "__name__", "") == "cupy"
 
 
+def to_host(a: Any, stream: Any = None) -> np.ndarray:
+    """A device array on the host, copied on ``stream`` after the stream's queued work (None: a
+    host array, e.g. in "emu" mode)."""
+    if stream is None:
+        return np.array(a)
+    out = a.get(stream=stream)
+    stream.synchronize()
+    return out
+
+
 def split_bucket(n_cells: int, min_chunk: int = 128) -> int:
     """The decode step's split count for n_cells: a power of two >= ceil(n_cells / 128), at most
     512 (few distinct values, so few CUDA graphs; the kernel derives the chunk on the device)."""
@@ -434,11 +444,7 @@ class DeviceRunner:
         return self.stream if self.gpu else contextlib.nullcontext()
 
     def _host(self, a: Any) -> np.ndarray:
-        if self.gpu:
-            out = a.get(stream=self.stream)
-            self.stream.synchronize()
-            return out
-        return np.array(a)
+        return to_host(a, self.stream if self.gpu else None)
 
     def _softcap(self, logits: np.ndarray) -> np.ndarray:
         sc = float(getattr(self.cfg, "softcap", 0.0) or 0.0)

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from turbospec.engine.cuda_model import ATT_D, MAX_SPLIT, DevWeight, gguf_tensors
+from turbospec.engine.cuda_model import ATT_D, MAX_SPLIT, DevWeight, gguf_tensors, to_host
 from turbospec.engine.models.gemma4_assistant import AssistantConfig, Gemma4Assistant
 from turbospec.engine.spec.base import Drafter, Proposal, Round
 from turbospec.errors import UserError
@@ -281,11 +281,7 @@ class DeviceMTPDrafter(Drafter):
 
     def _fetch(self, a: Any) -> np.ndarray:
         """The round's ids on the host, after the drafter's stream has finished its work."""
-        if self.gpu:
-            out = a.get(stream=self.stream)
-            self.stream.synchronize()
-            return out
-        return np.array(a)
+        return to_host(a, self.stream if self.gpu else None)
 
     def _mark_target(self) -> None:
         """Record an event on the target's stream: everything it has queued so far (the verify)."""

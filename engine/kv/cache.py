@@ -34,6 +34,7 @@ import numpy as np
 from turbospec.errors import UserError
 
 EXACT_BATCH_MAX = 32  # batches up to this size (verification) attend token by token; see attend()
+STEP_FAST_PATH = True  # one-token steps take LayerKV._attend_step (tests switch it off to compare)
 ATTN_TILE = 2048  # cells per attention tile (decoded K+V tile: 2 x 2048 x 256 x 4 B = 4 MB)
 
 
@@ -326,16 +327,11 @@ class LayerKV:
         new_k = new_v = new_o = None
         if k_new is not None:
             new_k, new_v, new_o = self.encode(k_new, v_new, qpos)
-        if self.eq_scale is not None:
-            q = q / self.eq_scale
-        qo = None
-        if self.out_idx is not None:
-            qo = q[..., self.out_idx]
-            q = q.copy()
-            q[..., self.out_idx] = 0
-        qd = self._pad(q, self.dk)
-        if self.ck.rotated:
-            qd = rotate_small(qd, self.ck)
+            if T == 1 and STEP_FAST_PATH:
+                out = self._attend_step(q, int(qpos[0]), scale, g, new_k, new_v, new_o)
+                if out is not None:
+                    return out
+        qd, qo = self._query(q)
         p_max = int(qpos.max())
         p_min = int(qpos.min())
         if k_new is not None:
@@ -361,6 +357,65 @@ class LayerKV:
         if new_k is not None:
             self.write(new_k, new_v, qpos, new_o)
         return out
+
+    def _query(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The query as the codec part scores it (equalized, outlier channels zeroed, padded,
+        rotated) and the outlier channels' own query (or None)."""
+        if self.eq_scale is not None:
+            q = q / self.eq_scale
+        qo = None
+        if self.out_idx is not None:
+            qo = q[..., self.out_idx]
+            q = q.copy()
+            q[..., self.out_idx] = 0
+        qd = self._pad(q, self.dk)
+        if self.ck.rotated:
+            qd = rotate_small(qd, self.ck)
+        return qd, qo
+
+    def _attend_step(self, q, p, scale, g, new_k, new_v, new_o) -> np.ndarray | None:
+        """One decode token at position p (the hot path: 18 calls a token on the default model).
+
+        The same arithmetic as ``_attend_cells`` on a single tile, minus what is a no-op for one
+        query whose visible cells were already selected by position (the all-zero mask bias, the
+        online-softmax corrections against an empty running state), and with the old cells and
+        the new token decoded straight into one buffer instead of concatenating packed bytes
+        first. Same products on the same shapes, so the result is bit-identical to the tiled
+        path (tests/engine/test_kv_cache.py compares them). Returns None (use the tiled path)
+        when the cells span more than one tile.
+        """
+        hkv = self.n_head_kv
+        lo = p - self.window + 1 if self.sliding else 0
+        sl = self._visible_slots(lo, p - 1)
+        n_old = len(range(*sl.indices(self.cap))) if isinstance(sl, slice) else len(sl)
+        n = n_old + 1
+        if n > ATTN_TILE:
+            return None
+        qd, qo = self._query(q)
+        kt = np.empty((n, hkv, self.dk), np.float32)
+        vt = np.empty((n, hkv, self.dv), np.float32)
+        if n_old:
+            self.ck.decode_into(self.k[sl], kt[:n_old])
+            self.cv.decode_into(self.v[sl], vt[:n_old])
+        self.ck.decode_into(new_k, kt[n_old:])
+        self.cv.decode_into(new_v, vt[n_old:])
+        qg = qd.reshape(1, hkv, g, self.dk).transpose(1, 0, 2, 3).reshape(hkv, g, self.dk) * np.float32(scale)
+        s = np.matmul(qg, kt.transpose(1, 2, 0))  # (hkv, g, n)
+        if qo is not None:
+            no = qo.shape[-1]
+            qog = qo.reshape(1, hkv, g, no).transpose(1, 0, 2, 3).reshape(hkv, g, no) * np.float32(scale)
+            oc = np.concatenate([self.ko[sl], new_o], axis=0) if n_old else new_o
+            s += np.matmul(qog, oc.astype(np.float32).transpose(1, 2, 0))
+        m = s.max(axis=-1, keepdims=True)
+        if not np.isfinite(m).all():
+            return None  # a non-finite score: let the tiled path's guards handle it
+        w = np.exp(s - m)
+        out = np.matmul(w, vt.transpose(1, 0, 2)) / w.sum(axis=-1, keepdims=True)
+        out = out.reshape(hkv, 1, g, self.dv).transpose(1, 0, 2, 3).reshape(1, hkv * g, self.dv)
+        if self.cv.rotated:
+            out = rotate_small(np.ascontiguousarray(out), self.cv, inverse=True)
+        self.write(new_k, new_v, np.array([p], np.int64), new_o)
+        return out[..., : q.shape[-1]]
 
     def _attend_cells(self, qd, qpos, kc, vc, kpos, scale, g, max_pos, qo=None, oc=None) -> np.ndarray:
         """Masked softmax attention over packed cells, tile by tile (online softmax).

@@ -279,3 +279,58 @@ def test_rotate_small_matches_butterfly(rows):
     np.testing.assert_allclose(kvcache.rotate_small(x, c), c.rotate(x), atol=2e-6)
     np.testing.assert_allclose(kvcache.rotate_small(x, c, inverse=True), c.unrotate(x), atol=2e-6)
     np.testing.assert_allclose(kvcache.rotate_small(kvcache.rotate_small(x, c), c, inverse=True), x, atol=2e-6)
+
+
+@pytest.mark.parametrize(
+    "tk,tv,kw",
+    [
+        ("f16", "f16", {}),
+        ("q8_0", "turbo3", {}),
+        ("turbo4", "turbo2", {"equalize": 0.5}),
+        ("turbo3", "q4_0", {"k_outliers": 4}),
+        ("turbo4lm", "f16", {"equalize": 0.5, "k_outliers": 2}),
+    ],
+)
+@pytest.mark.parametrize("sliding", [False, True])
+def test_step_fast_path_is_bit_identical_to_tiled_path(monkeypatch, tk, tv, kw, sliding):
+    """LayerKV._attend_step (one decode token) against the general tiled path on the same
+    cache: same outputs bit for bit, and the same bytes written, through a sliding ring that
+    wraps and a rollback of drafts in between."""
+    rng = np.random.default_rng()
+    window = 24 if sliding else 1 << 30
+    fast = _layer(tk, tv, hkv=2, sliding=sliding, window=window, **kw)
+    slow = _layer(tk, tv, hkv=2, sliding=sliding, window=window, **kw)
+    k, v = _kv(rng, 20, hkv=2, outlier=4.0)
+    q = rng.standard_normal((20, 4, 256)).astype(np.float32)
+    for lay in (fast, slow):  # the same prefill (batched path) on both
+        lay.attend(q, np.arange(20), 0.0625, k, v)
+    pos = 20
+    for step in range(60):
+        if step == 30:  # reject some drafts: both roll back to the same position
+            pos -= 3
+            fast.truncate(pos)
+            slow.truncate(pos)
+        k, v = _kv(rng, 1, hkv=2, outlier=4.0)
+        q = rng.standard_normal((1, 4, 256)).astype(np.float32)
+        monkeypatch.setattr(kvcache, "STEP_FAST_PATH", True)
+        a = fast.attend(q, np.array([pos]), 0.0625, k, v)
+        monkeypatch.setattr(kvcache, "STEP_FAST_PATH", False)
+        b = slow.attend(q, np.array([pos]), 0.0625, k, v)
+        assert a.shape == b.shape == (1, 4, 256)
+        np.testing.assert_array_equal(a, b)
+        pos += 1
+    np.testing.assert_array_equal(fast.k, slow.k)
+    np.testing.assert_array_equal(fast.v, slow.v)
+    np.testing.assert_array_equal(fast.pos, slow.pos)
+    # and both agree with the plain float64 reference over the decoded cells
+    sel = slow.pos >= 0
+    kd = slow.ck.decode(slow.k[sel]).astype(np.float64)
+    vd = slow.cv.decode(slow.v[sel])
+    if slow.eq_scale is not None or slow.out_idx is not None:
+        return  # the reference below has no equalization / outlier channels
+    if slow.ck.rotated:
+        kd = slow.ck.unrotate(kd.astype(np.float32))
+    if slow.cv.rotated:
+        vd = slow.cv.unrotate(vd)
+    ref = _ref_attention(q, kd, vd, np.array([pos - 1]), slow.pos[sel], 0.0625, window if sliding else None)
+    np.testing.assert_allclose(a, ref, rtol=2e-4, atol=2e-5)

@@ -8,6 +8,7 @@ import pytest
 from tinymodel import Reference
 
 from turbospec.cli import main
+from turbospec.engine import linear
 from turbospec.engine.linear import Dense, RowInt16, quantize_rows_int16
 from turbospec.engine.loader import load_model
 from turbospec.engine.perplexity import perplexity
@@ -22,6 +23,7 @@ def test_row_int16_matches_reference(monkeypatch):
     assert np.all(err <= s[:, None] * 0.5 * (1 + 1e-3))
     lin = RowInt16(q, s)
     monkeypatch.setattr(RowInt16, "TILE_ELEMS", 16 * 96)  # many tiles, several workers
+    monkeypatch.setattr(linear, "_N_WORKERS", 3)  # two ranges to the pool, one in the caller
     for rows in (1, 7):
         x = rng.standard_normal((rows, 96)).astype(np.float32)
         want = x.astype(np.float64) @ (q.astype(np.float64) * s[:, None]).T

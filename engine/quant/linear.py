@@ -12,26 +12,14 @@ Napkin math per token (T = 1): reads 0.5 / 0.625 bytes per weight (TQ3 / TQ4), w
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
+
+from turbospec.engine.linear import n_workers, run_ranges
 
 from .tq import dequantize, rotate
 from .tq_format import HALF, row_bytes, spec
 
 DEFAULT_TILE_BYTES = 1 << 20  # float32 scratch per tile (per worker)
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-
-
-def _n_workers() -> int:
-    return max(1, int(os.environ.get("TURBOSPEC_THREADS", "0") or 0) or (os.cpu_count() or 1))
-
-
-def _pool(n: int) -> ThreadPoolExecutor:
-    if n not in _POOLS:
-        _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="turbospec-tq")
-    return _POOLS[n]
 
 
 def _byte_tables(type_id: int) -> np.ndarray:
@@ -138,15 +126,13 @@ class TQLinear:
         xr_t = xr.T  # [in, T], a transposed view: BLAS reads it as is
         out_t = np.empty((n_out, xr.shape[0]), dtype=np.float32)  # rows of W -> contiguous slices
         tile = self.tile_rows
-        nw = min(self.workers or _n_workers(), -(-n_out // tile))
+        nw = min(self.workers or n_workers(), -(-n_out // tile))
         if nw <= 1:
             self._range(xr_t, out_t, 0, n_out)
         else:
             per_worker = -(-n_out // nw)  # ceil
             step = -(-per_worker // tile) * tile  # rounded up to whole tiles
-            futs = [_pool(nw).submit(self._range, xr_t, out_t, a, min(a + step, n_out)) for a in range(0, n_out, step)]
-            for f in futs:
-                f.result()
+            run_ranges(lambda a, b: self._range(xr_t, out_t, a, b), n_out, step)
         return np.ascontiguousarray(out_t.T).reshape(*lead, n_out)
 
     def _range(self, xr_t: np.ndarray, out_t: np.ndarray, r0: int, r1: int) -> None:

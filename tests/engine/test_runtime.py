@@ -160,3 +160,42 @@ def test_tq_weights_run_without_float_copy(tiny_gguf, tmp_path):
             setattr(b, name, Dense(getattr(b, name).dequantize()))
     want, _ = m.forward(toks, m.new_cache(), logits_rows="all")
     assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < 1e-4
+
+
+def test_run_ranges_covers_every_range_raises_and_allows_two_callers(monkeypatch):
+    """The crew: every range once, a helper's exception reaches the caller (and the crew still
+    works after it), and two threads calling at once (target and drafter) both get their own
+    results."""
+    import threading
+
+    monkeypatch.setattr(linear, "_N_WORKERS", 3)
+    seen = []
+    linear.run_ranges(lambda a, b: seen.append((a, b)), 10, 3)
+    assert sorted(seen) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+
+    def boom(a, b):
+        if a == 0:  # a range the crew hands to a helper
+            raise ValueError("range 0 failed")
+
+    with pytest.raises(ValueError, match="range 0 failed"):
+        linear.run_ranges(boom, 9, 3)
+    rng = np.random.default_rng()
+    w = rng.standard_normal((5000, 64)).astype(np.float32)
+    lin = RowInt16(*quantize_rows_int16(w))
+    xs = [rng.standard_normal((1, 64)).astype(np.float32) for _ in range(2)]
+    want = [lin.apply(x) for x in xs]
+    got: dict[int, list] = {0: [], 1: []}
+
+    def caller(i):
+        for _ in range(50):
+            got[i].append(lin.apply(xs[i]))
+
+    ts = [threading.Thread(target=caller, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for i in range(2):
+        assert len(got[i]) == 50
+        for y in got[i]:
+            np.testing.assert_array_equal(y, want[i])

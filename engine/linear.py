@@ -162,18 +162,26 @@ PARALLEL_MIN_WEIGHTS = 1 << 18  # smaller products run in the calling thread. Si
 # interleaved A/B run (2 threads; the LM head 27.8 -> 22.9 ms, gate+up 0.51 -> 0.32 ms)
 
 
-def _parallel_rows(fn, x: np.ndarray, n_out: int, tile: int, n_in: int = 0) -> np.ndarray:
-    """out = f(x) computed by ``fn(x2, out, r0, r1)`` over row ranges split across the workers."""
+SPLIT_ALIGN = 16  # row ranges start at multiples of this (BLAS's gemv kernels work on row groups)
+
+
+def _parallel_rows(fn, x: np.ndarray, n_out: int) -> np.ndarray:
+    """out = f(x) computed by ``fn(x2, out, r0, r1)`` over equal row ranges, one per worker.
+
+    The ranges depend only on n_out and the worker count (never on the batch), so a token's
+    result is the same decoded alone or verified in a batch. Ranges are equal, not whole
+    tiles: whole 1024-row tiles split q+k+v (1536 rows) 1024/512 and left attn_output (640
+    rows = one tile) on one thread."""
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
     out = np.empty((x2.shape[0], n_out), np.float32)
-    nw = min(n_workers(), -(-n_out // tile))
-    if n_out * (n_in or x2.shape[1]) < PARALLEL_MIN_WEIGHTS and x2.shape[0] <= ROW_LOOP_MAX:
+    nw = min(n_workers(), -(-n_out // SPLIT_ALIGN))
+    if n_out * x2.shape[1] < PARALLEL_MIN_WEIGHTS and x2.shape[0] <= ROW_LOOP_MAX:
         nw = 1
     if nw <= 1:
         fn(x2, out, 0, n_out)
     else:
         step = -(-n_out // nw)
-        step = -(-step // tile) * tile
+        step = -(-step // SPLIT_ALIGN) * SPLIT_ALIGN
         run_ranges(lambda a, b: fn(x2, out, a, b), n_out, step)
     return out.reshape(*x.shape[:-1], n_out)
 
@@ -200,7 +208,7 @@ class Dense:
             out = np.empty((x2.shape[0], self.w.shape[0]), np.float32)
             _product(self.w, x2, out)
             return out.reshape(*x.shape[:-1], self.w.shape[0])
-        return _parallel_rows(self._range, x, self.w.shape[0], 64)
+        return _parallel_rows(self._range, x, self.w.shape[0])
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         return np.asarray(self.w[idx], dtype=np.float32)
@@ -269,4 +277,4 @@ class RowInt16:
         np.multiply(out[:, r0:r1], self.s[r0:r1], out=out[:, r0:r1])
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        return _parallel_rows(self._range, x, self.q.shape[0], self.tile_rows)
+        return _parallel_rows(self._range, x, self.q.shape[0])

@@ -4,7 +4,8 @@
 
 Both engines: the default model, greedy, the same thread count, a warm-up first, then
 ``-r`` repetitions of (a) 128 tokens decoded after a short prompt and (b) one 512-token
-prompt prefilled; mean ± std of tokens per second. llama.cpp is the optional ``bench`` extra
+prompt prefilled, the two engines' repetitions interleaved; mean ± std, median and best
+of tokens per second, and the decode ratio of each interleaved pair. llama.cpp is the optional ``bench`` extra
 (`pip install -e '.[bench]'`, ~10 minutes to build); without it only turbospec is measured.
 
 Napkin math (the roofline printed at the end): a decode step must stream every weight once.
@@ -86,13 +87,11 @@ def bench_turbospec(args) -> dict:
 
     decode_once(8)
     prefill_once()
-    dec = [decode_once(args.n_gen) for _ in range(args.reps)]
-    pre = [prefill_once() for _ in range(args.reps)]
     return {
         "engine": "turbospec (numpy)",
         "load_s": load_s,
-        "decode": dec,
-        "prefill": pre,
+        "decode_once": decode_once,
+        "prefill_once": prefill_once,
         "weight_bytes": model.weight_bytes,
     }
 
@@ -133,10 +132,26 @@ def bench_llamacpp(args) -> dict | None:
 
     decode_once(8)
     prefill_once()
-    dec = [decode_once(args.n_gen) for _ in range(args.reps)]
-    pre = [prefill_once() for _ in range(args.reps)]
-    return {"engine": f"llama.cpp (llama-cpp-python {llama_cpp.__version__})", "decode": dec, "prefill": pre,
-            "weight_bytes": os.path.getsize(path)}
+    return {"engine": f"llama.cpp (llama-cpp-python {llama_cpp.__version__})", "decode_once": decode_once,
+            "prefill_once": prefill_once, "weight_bytes": os.path.getsize(path)}
+
+
+PEER_SETTLE_S = 0.5  # after a llama.cpp repetition: its OpenMP threads spin a while before sleeping
+
+
+def measure(rows: list[dict], args) -> None:
+    """Interleaved repetitions (ours, the peer, ours, ...): on a shared machine whose speed drifts
+    by ±20% within minutes both engines see the same conditions, and each pair gives a ratio."""
+    for r in rows:
+        r["decode"], r["prefill"] = [], []
+    for what, n in (("decode", args.n_gen), ("prefill", None)):
+        for _ in range(args.reps):
+            for i, r in enumerate(rows):
+                r[what].append(r[f"{what}_once"](n) if n else r[f"{what}_once"]())
+                if i > 0:
+                    time.sleep(PEER_SETTLE_S)
+    for r in rows:
+        del r["decode_once"], r["prefill_once"]
 
 
 def ms(xs: list[float]) -> str:
@@ -156,26 +171,34 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
+    load0 = os.getloadavg()[0]
     bw = stream_bandwidth(args.threads)
     ours = bench_turbospec(args)
     peer = None if args.no_llamacpp else bench_llamacpp(args)
     rows = [ours] + ([peer] if peer else [])
-    print(f"threads {args.threads}; NumPy streaming bandwidth ({args.threads} threads): "
-          f"read {bw['read_gb_s']:.1f} GB/s, "
-          f"copy {bw['copy_gb_s']:.1f} GB/s")
-    print(f"| engine | decode tok/s ({args.n_gen} tok) | prefill tok/s ({args.n_prompt} tok) | weight bytes/token |")
-    print("|---|---|---|---|")
+    measure(rows, args)
+    print(f"threads {args.threads}; load average at the start {load0:.2f}; NumPy streaming bandwidth "
+          f"({args.threads} threads): read {bw['read_gb_s']:.1f} GB/s, copy {bw['copy_gb_s']:.1f} GB/s; "
+          f"{args.reps} interleaved repetitions")
+    print(f"| engine | decode tok/s ({args.n_gen} tok), mean ± std | median | best "
+          f"| prefill tok/s ({args.n_prompt} tok) | weight bytes/token |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['engine']} | {ms(r['decode'])} | {ms(r['prefill'])} | {r['weight_bytes'] / 1e6:.0f} MB |")
+        print(f"| {r['engine']} | {ms(r['decode'])} | {statistics.median(r['decode']):.1f} | {max(r['decode']):.1f} "
+              f"| {ms(r['prefill'])} | {r['weight_bytes'] / 1e6:.0f} MB |")
     roof = bw["read_gb_s"] * 1e9 / ours["weight_bytes"]
     print(f"turbospec decode roofline at {bw['read_gb_s']:.1f} GB/s: {roof:.1f} tok/s "
           f"(measured {statistics.mean(ours['decode']) / roof:.0%} of it)")
+    result = {"bandwidth": bw, "results": rows, "threads": args.threads, "load_avg_start": load0}
     if peer:
-        rd = statistics.mean(ours["decode"]) / statistics.mean(peer["decode"])
+        pairs = [a / b for a, b in zip(ours["decode"], peer["decode"], strict=True)]
         rp = statistics.mean(ours["prefill"]) / statistics.mean(peer["prefill"])
-        print(f"ratio turbospec / llama.cpp: decode {rd:.2f}x, prefill {rp:.2f}x")
+        rd = statistics.mean(ours["decode"]) / statistics.mean(peer["decode"])
+        print(f"ratio turbospec / llama.cpp: decode {rd:.2f}x (per interleaved pair: median "
+              f"{statistics.median(pairs):.3f}, range {min(pairs):.3f}-{max(pairs):.3f}), prefill {rp:.2f}x")
+        result["decode_ratio_pairs"] = pairs
     if args.json:
-        print(json.dumps({"bandwidth": bw, "results": rows, "threads": args.threads}))
+        print(json.dumps(result))
     return 0
 
 

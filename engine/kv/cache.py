@@ -216,7 +216,11 @@ class LayerKV:
         return out
 
     def _check_finite(self, x: np.ndarray, what: str, qpos: np.ndarray) -> None:
+        if np.isfinite(np.add.reduce(x, axis=None)):  # one reduction when all is finite
+            return
         ok = np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
+        if ok.all():  # the sum overflowed; every value is finite
+            return
         if not ok.all():
             t = int(np.argmin(ok))
             raise UserError(
@@ -378,43 +382,44 @@ class LayerKV:
 
         The same arithmetic as ``_attend_cells`` on a single tile, minus what is a no-op for one
         query whose visible cells were already selected by position (the all-zero mask bias, the
-        online-softmax corrections against an empty running state), and with the old cells and
-        the new token decoded straight into one buffer instead of concatenating packed bytes
-        first. Same products on the same shapes, so the result is bit-identical to the tiled
+        online-softmax corrections against an empty running state), and with the new token
+        written first so that one gather and one decode read it with the old cells (no
+        concatenation of packed bytes). Same products on the same shapes, so the result is bit-identical to the tiled
         path (tests/engine/test_kv_cache.py compares them). Returns None (use the tiled path)
         when the cells span more than one tile.
         """
         hkv = self.n_head_kv
         lo = p - self.window + 1 if self.sliding else 0
         sl = self._visible_slots(lo, p - 1)
-        n_old = len(range(*sl.indices(self.cap))) if isinstance(sl, slice) else len(sl)
-        n = n_old + 1
+        n = (sl.stop - sl.start if isinstance(sl, slice) else len(sl)) + 1
         if n > ATTN_TILE:
             return None
+        # write the token first, then read the old cells and it in one gather and one decode per
+        # K and V, in the tiled path's order (old cells by slot, the new one last)
+        self.write(new_k, new_v, np.array([p], np.int64), new_o)
+        if isinstance(sl, slice) and sl.stop == p:
+            cells: slice | np.ndarray = slice(sl.start, p + 1)  # a global layer: slot = position
+        else:
+            old = np.arange(sl.start, sl.stop) if isinstance(sl, slice) else sl
+            cells = np.append(old, p % self.cap if self.sliding else p)
         qd, qo = self._query(q)
-        kt = np.empty((n, hkv, self.dk), np.float32)
-        vt = np.empty((n, hkv, self.dv), np.float32)
-        if n_old:
-            self.ck.decode_into(self.k[sl], kt[:n_old])
-            self.cv.decode_into(self.v[sl], vt[:n_old])
-        self.ck.decode_into(new_k, kt[n_old:])
-        self.cv.decode_into(new_v, vt[n_old:])
+        kt = self.ck.decode(self.k[cells])  # (n, hkv, dk)
+        vt = self.cv.decode(self.v[cells])
         qg = qd.reshape(1, hkv, g, self.dk).transpose(1, 0, 2, 3).reshape(hkv, g, self.dk) * np.float32(scale)
         s = np.matmul(qg, kt.transpose(1, 2, 0))  # (hkv, g, n)
         if qo is not None:
             no = qo.shape[-1]
             qog = qo.reshape(1, hkv, g, no).transpose(1, 0, 2, 3).reshape(hkv, g, no) * np.float32(scale)
-            oc = np.concatenate([self.ko[sl], new_o], axis=0) if n_old else new_o
+            oc = self.ko[cells]
             s += np.matmul(qog, oc.astype(np.float32).transpose(1, 2, 0))
         m = s.max(axis=-1, keepdims=True)
         if not np.isfinite(m).all():
-            return None  # a non-finite score: let the tiled path's guards handle it
+            return None  # a non-finite score: the tiled path's guards handle it (rewriting the cell is harmless)
         w = np.exp(s - m)
         out = np.matmul(w, vt.transpose(1, 0, 2)) / w.sum(axis=-1, keepdims=True)
         out = out.reshape(hkv, 1, g, self.dv).transpose(1, 0, 2, 3).reshape(1, hkv * g, self.dv)
         if self.cv.rotated:
             out = rotate_small(np.ascontiguousarray(out), self.cv, inverse=True)
-        self.write(new_k, new_v, np.array([p], np.int64), new_o)
         return out[..., : q.shape[-1]]
 
     def _attend_cells(self, qd, qpos, kc, vc, kpos, scale, g, max_pos, qo=None, oc=None) -> np.ndarray:

@@ -182,6 +182,12 @@ class Gemma3:
                 )
             )
         self.attn_scale = 1.0 / math.sqrt(cfg.head_dim)
+        # per-head norm weights of the Q heads then the K heads (layer_attention norms them together)
+        self._qk_norm = [
+            np.concatenate([np.broadcast_to(b.attn_q_norm, (cfg.n_head, cfg.head_dim)),
+                            np.broadcast_to(b.attn_k_norm, (cfg.n_head_kv, cfg.head_dim))]).astype(np.float32)
+            for b in self.blk
+        ]
 
     @classmethod
     def load(cls, gguf: GGUFFile, store: WeightStore, quiet: bool = False) -> Gemma3:
@@ -224,15 +230,15 @@ class Gemma3:
         T = h.shape[0]
         qkv = b.attn_qkv.apply(h)
         nq, nk = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
-        q = qkv[:, :nq].reshape(T, c.n_head, c.head_dim)
-        k = qkv[:, nq : nq + nk].reshape(T, c.n_head_kv, c.head_dim)
+        # Q and K heads side by side: one per-head RMSNorm (each head with its own weight row)
+        # and one RoPE call for both, the same arithmetic per element as two calls each
+        qk = qkv[:, : nq + nk].reshape(T, c.n_head + c.n_head_kv, c.head_dim)
         v = qkv[:, nq + nk :].reshape(T, c.n_head_kv, c.head_dim)
-        q = rms_norm(q, b.attn_q_norm, c.eps)
-        k = rms_norm(k, b.attn_k_norm, c.eps)
+        qk = rms_norm(qk, self._qk_norm[i], c.eps)
         base = c.rope_base_swa if c.sliding[i] else c.rope_base
         tables = rope[base] if rope is not None else rope_tables(pos, base, c.head_dim)
-        q = rope_neox(q, pos, base, tables)
-        k = rope_neox(k, pos, base, tables)
+        qk = rope_neox(qk, pos, base, tables)
+        q, k = qk[:, : c.n_head], qk[:, c.n_head :]
         o = cache.layers[i].attend(q, pos, self.attn_scale, k_new=k, v_new=v)
         return b.attn_output.apply(o.reshape(T, c.n_head * c.head_dim))
 

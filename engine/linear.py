@@ -112,7 +112,12 @@ class _Crew:
             except BaseException as e:
                 err = e
             for h, _ in handed:  # always collect every helper before the outputs are touched
-                e = h.wait()
+                while True:
+                    try:
+                        e = h.wait()
+                        break
+                    except BaseException as interrupt:  # Ctrl-C while waiting: wait on, raise after
+                        err = err or interrupt
                 err = err or e
             if err is not None:
                 raise err
@@ -157,7 +162,7 @@ def _product(w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
 
 
 PARALLEL_MIN_WEIGHTS = 1 << 18  # smaller products run in the calling thread. Since the caller
-# computes one range itself (one pool hand-off per split instead of one per range, ~50 µs each)
+# computes one range itself (one hand-off per split instead of one per range, ~50 µs each)
 # every layer product of the default model is worth splitting: decode 16.1 -> 17.4 tok/s in an
 # interleaved A/B run (2 threads; the LM head 27.8 -> 22.9 ms, gate+up 0.51 -> 0.32 ms)
 

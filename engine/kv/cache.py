@@ -219,9 +219,7 @@ class LayerKV:
         if np.isfinite(np.add.reduce(x, axis=None)):  # one reduction when all is finite
             return
         ok = np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
-        if ok.all():  # the sum overflowed; every value is finite
-            return
-        if not ok.all():
+        if not ok.all():  # (all finite: the sum overflowed)
             t = int(np.argmin(ok))
             raise UserError(
                 f"non-finite {what} (NaN or inf) at layer {self.layer}, position {int(qpos[t])}: "
@@ -384,9 +382,9 @@ class LayerKV:
         query whose visible cells were already selected by position (the all-zero mask bias, the
         online-softmax corrections against an empty running state), and with the new token
         written first so that one gather and one decode read it with the old cells (no
-        concatenation of packed bytes). Same products on the same shapes, so the result is bit-identical to the tiled
-        path (tests/engine/test_kv_cache.py compares them). Returns None (use the tiled path)
-        when the cells span more than one tile.
+        concatenation of packed bytes). Same products on the same shapes, so the result is
+        bit-identical to the tiled path (tests/engine/test_kv_cache.py compares them). Returns
+        None (use the tiled path) when the cells span more than one tile.
         """
         hkv = self.n_head_kv
         lo = p - self.window + 1 if self.sliding else 0

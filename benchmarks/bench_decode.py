@@ -1,6 +1,7 @@
 """Decode and prefill throughput: turbospec's NumPy engine vs llama.cpp (llama-cpp-python), same run.
 
     python benchmarks/bench_decode.py [-t THREADS] [-r REPS] [--n-gen 128] [--n-prompt 512] [--json]
+    python benchmarks/bench_decode.py --profile     # where turbospec's decode step spends its time
 
 Both engines: the default model, greedy, the same thread count, a warm-up first, then
 ``-r`` repetitions of (a) 128 tokens decoded after a short prompt and (b) one 512-token
@@ -96,6 +97,62 @@ def bench_turbospec(args) -> dict:
     }
 
 
+def profile_turbospec(args) -> dict:
+    """Where one decode step's time goes (``--profile``): wall time per component, ms a token,
+    over ``--n-gen`` tokens after the short prompt (after a warm-up). The products are timed
+    around each layer's ``apply`` (both threads' work inside), attention around
+    ``LayerKV.attend`` (encoding the new token included); "other" is the rest of the step
+    (norms, RoPE, GELU, residuals, embedding, sampling)."""
+    from collections import defaultdict
+
+    from turbospec.engine.backend import set_threads
+    from turbospec.engine.generate import Session
+    from turbospec.engine.kv.cache import LayerKV
+    from turbospec.engine.loader import load_model, load_tokenizer
+
+    set_threads(args.threads)
+    model = load_model(args.model, quiet=True)
+    short = load_tokenizer(model).encode("The capital of France is", add_bos=True)
+    ms_in: dict[str, float] = defaultdict(float)
+
+    def timed(key, fn):
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                ms_in[key] += time.perf_counter() - t
+        return wrapper
+
+    patched = [(model.output, "apply", "LM head")]
+    for b in model.blk:
+        patched += [(b.attn_qkv, "apply", "q+k+v"), (b.attn_output, "apply", "attn_output"),
+                    (b.ffn_gate_up, "apply", "gate+up"), (b.ffn_down, "apply", "down")]
+    for obj, name, key in patched:
+        setattr(obj, name, timed(key, getattr(obj, name)))
+    attend = LayerKV.attend
+    LayerKV.attend = timed("attention", attend)
+    try:
+        def run(n: int) -> float:
+            s = Session(model)
+            nxt = int(s.prefill(short)[-1].argmax())
+            ms_in.clear()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                nxt = int(s.step([nxt])[-1].argmax())
+            return time.perf_counter() - t0
+
+        run(8)
+        total = run(args.n_gen)
+    finally:
+        LayerKV.attend = attend
+        for obj, name, _ in patched:
+            delattr(obj, name)  # the instance attribute goes, the class's apply shows again
+    per_tok = {k: v / args.n_gen * 1e3 for k, v in ms_in.items()}
+    per_tok["other"] = total / args.n_gen * 1e3 - sum(per_tok.values())
+    return {"total_ms": total / args.n_gen * 1e3, "components_ms": per_tok}
+
+
 def bench_llamacpp(args) -> dict | None:
     try:
         import llama_cpp
@@ -169,8 +226,21 @@ def main() -> int:
     ap.add_argument("--n-prompt", type=int, default=512)
     ap.add_argument("--no-llamacpp", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="only profile turbospec's decode step: ms a token per component")
     args = ap.parse_args()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
+    if args.profile:
+        prof = profile_turbospec(args)
+        print(f"turbospec decode step, {args.threads} threads, {args.n_gen} tokens after a short prompt: "
+              f"{prof['total_ms']:.1f} ms a token ({1e3 / prof['total_ms']:.1f} tok/s, timers included)")
+        print("| component | ms a token | share |")
+        print("|---|---:|---:|")
+        for k, v in sorted(prof["components_ms"].items(), key=lambda kv: -kv[1]):
+            print(f"| {k} | {v:.2f} | {v / prof['total_ms']:.0%} |")
+        if args.json:
+            print(json.dumps(prof))
+        return 0
     load0 = os.getloadavg()[0]
     bw = stream_bandwidth(args.threads)
     ours = bench_turbospec(args)

@@ -199,3 +199,35 @@ def test_run_ranges_covers_every_range_raises_and_allows_two_callers(monkeypatch
         assert len(got[i]) == 50
         for y in got[i]:
             np.testing.assert_array_equal(y, want[i])
+
+
+def test_crew_waits_for_its_helpers_through_an_interrupt(monkeypatch):
+    """Ctrl-C while the caller waits on a helper: the caller still waits for the helper's range
+    to finish (it writes into the shared output), then raises; the crew works afterwards."""
+    import time
+
+    monkeypatch.setattr(linear, "_N_WORKERS", 2)
+    finished = []
+
+    def slow(a, b):
+        if a == 0:  # the helper's range
+            time.sleep(0.05)
+            finished.append((a, b))
+
+    real_wait = linear._Helper.wait
+    calls = {"n": 0}
+
+    def interrupted_once(self):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        return real_wait(self)
+
+    monkeypatch.setattr(linear._Helper, "wait", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        linear.run_ranges(slow, 20, 10)
+    assert finished == [(0, 10)]  # the helper's range was done before the interrupt surfaced
+    monkeypatch.setattr(linear._Helper, "wait", real_wait)
+    seen = []
+    linear.run_ranges(lambda a, b: seen.append((a, b)), 20, 10)
+    assert sorted(seen) == [(0, 10), (10, 20)]

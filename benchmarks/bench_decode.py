@@ -5,9 +5,10 @@
 
 Both engines: the default model, greedy, the same thread count, a warm-up first, then
 ``-r`` repetitions of (a) 128 tokens decoded after a short prompt and (b) one 512-token
-prompt prefilled, the two engines' repetitions interleaved; mean ± std, median and best
-of tokens per second, and the decode ratio of each interleaved pair. llama.cpp is the optional ``bench`` extra
-(`pip install -e '.[bench]'`, ~10 minutes to build); without it only turbospec is measured.
+prompt prefilled, the two engines' repetitions interleaved; mean ± std, median and best of
+tokens per second, and the decode ratio of each interleaved pair. llama.cpp is the optional
+``bench`` extra (`pip install -e '.[bench]'`, ~10 minutes to build); without it only turbospec
+is measured.
 
 Napkin math (the roofline printed at the end): a decode step must stream every weight once.
 turbospec holds linear weights and the tied LM head as row-scaled int16 (bytes = 2 per

@@ -58,28 +58,44 @@ def prompt_tokens(tok, n: int) -> list[int]:
     return ids[:n]
 
 
-def bench_turbospec(args) -> dict:
+SHORT_PROMPT = "The capital of France is"
+
+
+def load_turbospec(args):
+    """(model, tokenizer, load seconds) with ``args.threads`` threads."""
     from turbospec.engine.backend import set_threads
 
     set_threads(args.threads)
-    from turbospec.engine.generate import Session
     from turbospec.engine.loader import load_model, load_tokenizer
 
     t = time.perf_counter()
     model = load_model(args.model, quiet=True)
-    tok = load_tokenizer(model)
-    load_s = time.perf_counter() - t
-    short = tok.encode("The capital of France is", add_bos=True)
+    return model, load_tokenizer(model), time.perf_counter() - t
+
+
+def decode_seconds(model, short: list[int], n: int, before_timing=None) -> float:
+    """Greedy decode of n tokens after prefilling ``short``; wall seconds of the n steps."""
+    from turbospec.engine.generate import Session
+
+    s = Session(model)
+    nxt = int(s.prefill(short)[-1].argmax())
+    if before_timing is not None:
+        before_timing()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        nxt = int(s.step([nxt])[-1].argmax())
+    return time.perf_counter() - t0
+
+
+def bench_turbospec(args) -> dict:
+    from turbospec.engine.generate import Session
+
+    model, tok, load_s = load_turbospec(args)
+    short = tok.encode(SHORT_PROMPT, add_bos=True)
     long_prompt = prompt_tokens(tok, args.n_prompt)
 
     def decode_once(n: int) -> float:
-        s = Session(model)
-        logits = s.prefill(short)
-        nxt = int(logits[-1].argmax())
-        t0 = time.perf_counter()
-        for _ in range(n):
-            nxt = int(s.step([nxt])[-1].argmax())
-        return n / (time.perf_counter() - t0)
+        return n / decode_seconds(model, short, n)
 
     def prefill_once() -> float:
         s = Session(model)
@@ -106,14 +122,10 @@ def profile_turbospec(args) -> dict:
     (norms, RoPE, GELU, residuals, embedding, sampling)."""
     from collections import defaultdict
 
-    from turbospec.engine.backend import set_threads
-    from turbospec.engine.generate import Session
     from turbospec.engine.kv.cache import LayerKV
-    from turbospec.engine.loader import load_model, load_tokenizer
 
-    set_threads(args.threads)
-    model = load_model(args.model, quiet=True)
-    short = load_tokenizer(model).encode("The capital of France is", add_bos=True)
+    model, tok, _ = load_turbospec(args)
+    short = tok.encode(SHORT_PROMPT, add_bos=True)
     ms_in: dict[str, float] = defaultdict(float)
 
     def timed(key, fn):
@@ -134,17 +146,8 @@ def profile_turbospec(args) -> dict:
     attend = LayerKV.attend
     LayerKV.attend = timed("attention", attend)
     try:
-        def run(n: int) -> float:
-            s = Session(model)
-            nxt = int(s.prefill(short)[-1].argmax())
-            ms_in.clear()
-            t0 = time.perf_counter()
-            for _ in range(n):
-                nxt = int(s.step([nxt])[-1].argmax())
-            return time.perf_counter() - t0
-
-        run(8)
-        total = run(args.n_gen)
+        decode_seconds(model, short, 8)
+        total = decode_seconds(model, short, args.n_gen, before_timing=ms_in.clear)
     finally:
         LayerKV.attend = attend
         for obj, name, _ in patched:
@@ -166,7 +169,7 @@ def bench_llamacpp(args) -> dict | None:
         path, n_ctx=2048, n_batch=512, n_ubatch=512, n_threads=args.threads, n_threads_batch=args.threads,
         verbose=False,
     )
-    short = llm.tokenize(b"The capital of France is", add_bos=True, special=True)
+    short = llm.tokenize(SHORT_PROMPT.encode(), add_bos=True, special=True)
     text = (ROOT / "tests" / "fixtures" / "ppl_text.txt").read_bytes()
     long_prompt = llm.tokenize(text, add_bos=True)[: args.n_prompt]
 

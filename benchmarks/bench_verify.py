@@ -1,0 +1,78 @@
+"""What verifying T tokens costs against decoding one: c(T)/c(1) of the target's forward, and the
+speedup ceiling it leaves speculative decoding at each block size.
+
+    python benchmarks/bench_verify.py [-t THREADS] [-r REPS] [--tokens 1,2,3,4,6] [--draft-ms MS] [--json]
+
+bench_spec.py's napkin math: a round that emits τ tokens runs at τ·c(1) / (c(B) + drafting),
+so with every draft accepted (τ = B) the speedup over plain decoding is at most
+B·c(1) / (c(B) + (B-1)·d), d = one draft step (``--draft-ms``, the MTP assistant's ~4-7 ms).
+
+Napkin math, the LM head (262144 x 640 int16 rows), one thread over a quarter of it: the cast
+to float32 costs ~0.19 ns a weight and each token's matrix-vector product over the cast tile
+~0.064 ns a weight (~31 GFLOP/s: the core's load ports, not the cache level — tiles of 128 to
+2048 rows all measured within 3%, and BLAS's matrix-matrix kernel for 3 tokens was 1.8x slower
+than three matrix-vector products). Tokens are multiplied one at a time on purpose
+(bit-identical to decoding alone, engine/linear.py ROW_LOOP_MAX). So c(T)/c(1) ≈ 1 + 0.3 (T-1).
+
+Method: the default model, a 58-token prompt prefilled, ``--warmup`` untimed rounds (the first
+passes over freshly mapped weights run up to 5x slower), then per repetition the forward of T
+tokens at the same positions for every T (the cache rolled back after each); medians. The
+machine's speed drifts (±20% within minutes): read the ratios, not the milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-m", "--model", default=None, help="GGUF (default: the embedded model)")
+    ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("-r", "--reps", type=int, default=9)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed rounds first (the weights' pages map in)")
+    ap.add_argument("--tokens", default="1,2,3,4,6", help="batch sizes T to time (default 1,2,3,4,6)")
+    ap.add_argument("--draft-ms", type=float, default=5.0, help="one draft step, for the ceiling (default 5)")
+    ap.add_argument("--json", action="store_true", help="print the medians as JSON too")
+    args = ap.parse_args(argv)
+    Ts = sorted({int(v) for v in args.tokens.split(",")} | {1})
+
+    import numpy as np
+
+    from turbospec.engine.backend import set_threads
+    from turbospec.engine.generate import Session
+    from turbospec.engine.loader import load_model
+
+    set_threads(args.threads)  # the crew's threads, BLAS single-threaded inside each
+    model = load_model(args.model, quiet=True)
+    sess = Session(model)
+    sess.prefill(list(range(2, 60)))
+    n0 = sess.n_past
+    times: dict[int, list[float]] = {T: [] for T in Ts}
+    for rep in range(args.warmup + args.reps):
+        for T in Ts:
+            sess.rollback(n0)
+            t0 = time.perf_counter()
+            model.forward(np.arange(100, 100 + T), sess.cache, logits_rows="all")
+            if rep >= args.warmup:
+                times[T].append(time.perf_counter() - t0)
+    med = {T: statistics.median(v) for T, v in times.items()}
+    c1 = med[1]
+    print(f"verify cost, {model.gguf.path.name}, {args.threads} threads, median of {args.reps} repetitions; "
+          f"ceiling = T·c(1) / (c(T) + (T-1) x {args.draft_ms:g} ms)")
+    print("| T | c(T) | c(T)/c(1) | speedup ceiling, every draft accepted |")
+    print("|---|---|---|---|")
+    for T in Ts:
+        ceil = T * c1 / (med[T] + (T - 1) * args.draft_ms / 1e3)
+        print(f"| {T} | {1e3 * med[T]:.1f} ms | {med[T] / c1:.2f} | {ceil:.2f}x |")
+    if args.json:
+        print(json.dumps({"c_ms": {T: 1e3 * v for T, v in med.items()}, "threads": args.threads}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--llamacpp", action="store_true",
                     help="also measure llama.cpp's plain greedy decode (llama-cpp-python) on the same prompts")
     ap.add_argument("--blocks", type=int, nargs="+", default=[2, 3, 4, 5, 6])
+    ap.add_argument("--p-min", type=float, nargs="+", default=[0.0], metavar="P",
+                    help="mtp: --draft-p-min values to measure, one row set each (default 0 = off)")
     ap.add_argument("--depths", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--per-kind", type=int, default=2, help="prompts per kind (1..2)")
     ap.add_argument("-ctk", default="f16")
@@ -117,7 +119,18 @@ def main(argv: list[str] | None = None) -> int:
 
         assistant = MTPDrafter.load(args.mtp_head, model, tok).assistant
 
-    def make(name: str):
+    variants: dict[str, tuple[str, float]] = {}  # row label -> (drafter, p_min)
+    for name in args.spec:
+        for p in args.p_min if name == "mtp" else [0.0]:
+            variants[name if p == 0 else f"{name} p≥{p:g}"] = (name, p)
+
+    def make(label: str):
+        name, p_min = variants[label]
+        d = make_base(name)
+        d.p_min = p_min
+        return d
+
+    def make_base(name: str):
         if name == "ngram":
             return NGramDrafter()
         if assistant is None:  # the device drafter uploads its weights per drafter (engine/spec/mtp_device.py)
@@ -145,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 "by_kind": {}}
 
     rows: dict[tuple, dict] = {("plain", 0, 0): agg()}
-    for name in args.spec:
+    for name in variants:
         for b in args.blocks:
             for d in args.depths:
                 rows[(name, b, d)] = agg()
@@ -232,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| " + " | ".join(cells) + " |")
     kinds_l = list(kinds)
     dd = 2 if 2 in args.depths else args.depths[0]
-    for name in args.spec:
+    for name in variants:
         print(f"\n{name}: τ (draft acceptance) by prompt kind, depth {dd}; best B = the fastest decode for that "
               "kind (its speedup over plain in brackets):\n")
         print("| B | " + " | ".join(kinds_l) + " |")

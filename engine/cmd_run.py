@@ -133,6 +133,9 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--draft-block-size", type=int, default=3, metavar="B",
                    help="tokens per verify batch: a round drafts min(B-1, --draft-max) tokens (2..32, default 3)")
     g.add_argument("--draft-max", type=int, default=16, help="at most this many drafts per round (default 16)")
+    g.add_argument("--draft-p-min", type=float, default=0.0, metavar="P",
+                   help="mtp / draft: end a round's drafts at the first one whose probability is below P "
+                   "(as llama.cpp's --draft-p-min; 0 = always draft min(B-1, --draft-max), the fork's rule; default 0)")
     g.add_argument("--pipeline-depth", type=int, default=None, choices=[1, 2],
                    help="2 = draft the next round on a worker thread right after accept (default; "
                    "LLAMA_PIPELINE_DEPTH2=0 selects 1)")
@@ -156,18 +159,29 @@ def make_drafter(args, model, tok, kv, n_ctx: int):
         skip_streak=skip_streak_from_env(),
     )
     spec.validate()
+    p_min = getattr(args, "draft_p_min", 0.0) or 0.0
+    if not 0.0 <= p_min < 1.0:
+        raise UserError(f"--draft-p-min {p_min} is out of range; choose 0 <= P < 1 (0 = off)")
+    if p_min and name == "ngram":
+        raise UserError("--draft-p-min needs drafts with probabilities (--spec mtp or draft); prompt lookup has none")
+    drafter = _make_drafter(name, args, model, tok, kv, n_ctx)
+    drafter.p_min = p_min
+    return drafter, spec
+
+
+def _make_drafter(name: str, args, model, tok, kv, n_ctx: int):
     if name == "ngram":
         from turbospec.engine.spec.ngram import NGramDrafter
 
         if args.ngram_max < 1:
             raise UserError(f"--ngram-max {args.ngram_max} must be 1 or more")
-        return NGramDrafter(n_max=args.ngram_max), spec
+        return NGramDrafter(n_max=args.ngram_max)
     if name == "draft":
         if not args.model_draft:
             raise UserError("--spec draft needs --model-draft PATH (a small GGUF with the target's vocabulary)")
         from turbospec.engine.spec.draft_model import DraftModelDrafter
 
-        return DraftModelDrafter.load(args.model_draft, tok.tokens, storage=args.weights, kv=kv, n_ctx=n_ctx), spec
+        return DraftModelDrafter.load(args.model_draft, tok.tokens, storage=args.weights, kv=kv, n_ctx=n_ctx)
     try:
         # the NumPy MTPDrafter, or on the device model (--backend cupy) the kernels on their own stream;
         # importing the assistant's module first names it when a build lacks it
@@ -180,7 +194,7 @@ def make_drafter(args, model, tok, kv, n_ctx: int):
             "--spec mtp is not available in this build (turbospec.engine.spec.mtp is missing); "
             "use --spec ngram or --spec draft"
         ) from None
-    return load_mtp_drafter(args.mtp_head, model, tok), spec
+    return load_mtp_drafter(args.mtp_head, model, tok)
 
 
 def _argv_without(argv: list[str], flags: set[str], with_value: set[str]) -> list[str]:

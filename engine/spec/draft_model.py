@@ -12,6 +12,7 @@ import threading
 
 import numpy as np
 
+from turbospec.engine.models.gemma4_assistant import top_probability
 from turbospec.engine.spec.base import Drafter, Proposal, Round
 from turbospec.errors import UserError
 
@@ -42,6 +43,7 @@ class DraftModelDrafter(Drafter):
 
         self.model = model
         self.dsess = Session(model, kv, n_ctx)
+        self.p_min = 0.0  # --draft-p-min: stop at the first draft below this probability
 
     @classmethod
     def load(cls, path: str, target_tokens: list[str], storage: str = "auto", kv=None, n_ctx: int = 4096):
@@ -84,6 +86,8 @@ class DraftModelDrafter(Drafter):
             logits, s.hidden = self.model.forward(feed, s.cache, logits_rows="last")
             s.tokens.extend(feed)
             t = int(np.argmax(logits[-1]))
+            if self.p_min > 0 and top_probability(logits[-1]) < self.p_min:
+                break  # t is not proposed (nor fed: the draft session holds exactly its tokens)
             out.append(t)
             feed = [t]
         return Proposal(tokens=out)

@@ -37,6 +37,7 @@ class MTPDrafter(Drafter):
         super().__init__()
         self.assistant = assistant
         self.target = target
+        self.p_min = 0.0  # --draft-p-min: stop a round at the first draft below this probability
 
     @classmethod
     def load(cls, path: str | Path | None, target, tok) -> MTPDrafter:
@@ -57,5 +58,5 @@ class MTPDrafter(Drafter):
         if sess is None:
             raise RuntimeError("MTPDrafter.propose before begin()")
         toks = self.assistant.draft(self.target, sess.cache, rnd.id_last, rnd.h_prev, rnd.attn_pos, rnd.n_steps,
-                                    cancelled)
+                                    cancelled, p_min=self.p_min)
         return Proposal(tokens=toks, extra={"h_l2": rnd.h_l2})

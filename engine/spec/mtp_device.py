@@ -148,6 +148,7 @@ class DeviceAssistant:
         else:
             self.vals = xp.empty((c.n_vocab,), f32)
         self.amax = (xp.empty((self.L.ARGMAX_BLOCKS,), f32), xp.empty((self.L.ARGMAX_BLOCKS,), xp.int32))
+        self.pk = xp.zeros((n_steps,), f32)  # --draft-p-min: each step's draft probability
 
     def _mv(self, w: DevWeight, x: Any, out: Any) -> Any:
         xr = self.xr[: x.size] if w.wtype.startswith("tq") else None
@@ -214,6 +215,16 @@ class DeviceAssistant:
         if want_next:
             self._mv(self.post, self.h, self.cat[eb:])
 
+    def draft_probability(self, k: int) -> None:
+        """pk[k] = the softmax probability of step k's draft over the scored tokens (self.vals, the
+        softcap applied as the host does): 1 / sum(exp(v - max)). On the device; fetched with the
+        ids at the end of the round, so --draft-p-min adds no sync."""
+        xp, c = self.xp, self.cfg
+        v = self.vals
+        if c.softcap:
+            v = xp.tanh(v / c.softcap) * c.softcap
+        self.pk[k : k + 1] = 1.0 / xp.exp(v - v.max()).sum()
+
     def head(self, h: Any, out: Any) -> Any:
         """Greedy id of h_inner into ``out`` (int32[1] on the device): the routed head (centroids ->
         top-k -> candidate ids -> gathered rows -> argmax with ids), or the dense head. The softcap
@@ -249,6 +260,7 @@ class DeviceMTPDrafter(Drafter):
     def __init__(self, assistant: DeviceAssistant):
         super().__init__()
         self.assistant = assistant
+        self.p_min = 0.0  # --draft-p-min; the round's steps all run, the drafts are cut on the host
         r = assistant.runner
         self.xp, self.gpu = r.xp, r.gpu
         self.stream = r.xp.cuda.Stream(non_blocking=True) if r.gpu else None
@@ -317,9 +329,16 @@ class DeviceMTPDrafter(Drafter):
                 if cancelled.is_set():
                     break
                 a.step(cache, rnd.attn_pos, k, want_next=k + 1 < n)
+                if self.p_min > 0:
+                    a.draft_probability(k)
                 done += 1
-            toks = self._fetch(a.ids[1:done + 1])  # also when cancelled: nothing may still read the KV
-        return Proposal(tokens=[int(t) for t in toks], extra={"h_l2": rnd.h_l2})
+            # fetched also when cancelled: nothing may still read the KV afterwards
+            toks = [int(t) for t in self._fetch(a.ids[1:done + 1])]
+            if self.p_min > 0 and done:
+                low = np.nonzero(self._fetch(a.pk[:done]) < self.p_min)[0]
+                if len(low):
+                    toks = toks[: int(low[0])]
+        return Proposal(tokens=toks, extra={"h_l2": rnd.h_l2})
 
 
 def load_mtp_drafter(path: str | Path | None, model: Any, tok: Any) -> Drafter:

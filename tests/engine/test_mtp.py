@@ -341,6 +341,60 @@ def test_drafter_in_the_loop_is_exact_and_lazy(target, tmp_path, kv):
     assert p1.extra["h_l2"] == pytest.approx(float(np.linalg.norm(s.hidden[-1].astype(np.float64))))
 
 
+def test_p_min_cuts_the_drafts_at_the_first_low_probability(target, tmp_path):
+    """--draft-p-min: the drafts are the p_min=0 drafts cut before the first step whose draft has
+    probability < p_min; the probability is the softmax over the scored (routed) candidates."""
+    from turbospec.engine.models.gemma4_assistant import top_probability
+
+    model, tok = target
+    a = Gemma4Assistant.load(write_random(tmp_path / "a.gguf", model, tok.tokens, seed=5))
+    a.validate(model, tok.tokens)
+    s = prefilled(model, tok)
+    rng = np.random.default_rng()
+    s_ = rng.standard_normal(50) * 3
+    s_[7] = -1e30  # a masked entry counts as probability 0
+    want = np.exp(s_[s_ > -1e29] - s_.max()).max() / np.exp(s_[s_ > -1e29] - s_.max()).sum()
+    assert top_probability(s_.astype(np.float32)) == pytest.approx(want, rel=1e-6)
+    seen_cut = False
+    for attn_pos in range(s.n_past - 6, s.n_past):
+        id_last = int(rng.integers(5, model.cfg.n_vocab))
+        full = a.draft(model, s.cache, id_last, s.hidden[attn_pos], attn_pos, 5)
+        probs, tok_, h = [], id_last, s.hidden[attn_pos]
+        for k in range(5):  # the same steps by hand, with each draft's probability
+            h_inner, h = a.step(model, s.cache, tok_, h, attn_pos, k)
+            top, ids = a._route(h_inner)
+            sc = a._cap(a._routed_scores(ids, top, h_inner, model)).astype(np.float64)
+            tok_, p = a.pick(h_inner, model, with_p=True)
+            assert tok_ == full[k]
+            assert p == pytest.approx(1.0 / np.exp(sc - sc.max()).sum(), rel=1e-6)
+            probs.append(p)
+        for thr in sorted(probs):
+            cut = a.draft(model, s.cache, id_last, s.hidden[attn_pos], attn_pos, 5, p_min=float(thr) + 1e-9)
+            n = next(i for i, p in enumerate(probs) if p < thr + 1e-9)
+            assert cut == full[:n]
+            seen_cut |= 0 < n < 5
+        assert a.draft(model, s.cache, id_last, s.hidden[attn_pos], attn_pos, 5, p_min=1e-12) == full
+    assert seen_cut  # some threshold cut a round in the middle
+
+
+def test_p_min_in_the_loop_is_exact_and_drafts_less(target, tmp_path):
+    model, tok = target
+    path = write_random(tmp_path / "a.gguf", model, tok.tokens, seed=4)
+    ids = tok.encode(PROMPT, add_bos=True)
+    cfg = GenConfig(n_predict=24, ignore_eos=True)
+    plain = generate(model, tok, ids, cfg)
+    got = {}
+    for p_min in (0.0, 0.5):
+        d = MTPDrafter.load(path, model, tok)
+        d.p_min = p_min
+        try:
+            got[p_min] = generate(model, tok, ids, cfg, drafter=d, spec=SpecConfig(block_size=5, pipeline_depth=2))
+        finally:
+            d.close()
+        assert got[p_min].tokens == plain.tokens
+    assert got[0.5].spec["n_drafted"] < got[0.0].spec["n_drafted"]
+
+
 def test_shipped_head_missing_is_one_line(target, monkeypatch):
     import turbospec.engine.spec.mtp as mtp
 

@@ -134,6 +134,43 @@ def test_rounds_equal_numpy_drafter(any_dev, tmp_path, kv, qtype):
     d.close()
 
 
+def test_p_min_on_the_device_cuts_like_the_host(any_dev, tmp_path):
+    """--draft-p-min on the device: each step's draft probability (computed on the device,
+    fetched with the ids) agrees with the NumPy assistant's, and the cut drafts are the NumPy
+    MTPDrafter's for thresholds between the probabilities."""
+    ref, dev, tok = any_dev
+    a, d = _pair(any_dev, write_random(tmp_path / "a.gguf", ref, tok.tokens, seed=5, **SIZES, **EMB["target"]))
+    ids = tok.encode(PROMPT, add_bos=True)
+    rs, ds = Session(ref), Session(dev)
+    rs.prefill(ids)
+    ds.prefill(ids)
+    nd = MTPDrafter(a, ref)
+    nd.begin(rs, ids)
+    d.begin(ds, ids)
+    cut_mid = False
+    for back, id_last in ((1, 300), (4, 281)):
+        ap = rs.n_past - back
+        rnd = Round(0, id_last, ap, -1, rs.hidden[ap], 5, list(ids[: ap + 1]) + [id_last])
+        d.p_min = 1e-12
+        full = d.propose(rnd, threading.Event()).tokens
+        probs = _host(d.assistant.pk[:5]).astype(np.float64)
+        tok_in, h, want = id_last, rs.hidden[ap], []
+        for k in range(5):
+            h_inner, h = a.step(ref, rs.cache, tok_in, h, ap, k)
+            tok_in, p = a.pick(h_inner, ref, with_p=True)
+            want.append(p)
+        np.testing.assert_allclose(probs, want, rtol=1e-3)
+        srt = np.sort(probs)
+        for thr in (srt[:-1] + srt[1:]) / 2:  # midway between probabilities: no rounding decides
+            nd.p_min = d.p_min = float(thr)
+            got = d.propose(rnd, threading.Event()).tokens
+            assert got == nd.propose(rnd, threading.Event()).tokens
+            assert got == full[: len(got)]
+            cut_mid |= 0 < len(got) < 5
+    assert cut_mid
+    d.close()
+
+
 def test_unfused_gate_up_equals_fused(models, tmp_path):
     """ffn_gate and ffn_up of different types run as two matvecs: the same drafts and states."""
     from turbospec.engine.spec.mtp_device import DeviceAssistant, read_raw_tensors

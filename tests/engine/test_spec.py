@@ -114,6 +114,43 @@ def test_greedy_identical_to_plain(models, block, depth):
     assert 0.0 < res.spec["draft_acceptance_rate"] < 1.0
 
 
+def test_draft_model_p_min_cuts_and_stays_exact(models):
+    """--draft-p-min with a draft model: greedy output unchanged, fewer drafts, and every round's
+    drafts end at the first one the draft model gives probability < p_min."""
+    from turbospec.engine.models.gemma4_assistant import top_probability
+
+    target, near, tok = models
+    plain = run(target, tok).tokens
+    full = run(target, tok, DraftModelDrafter(near), SpecConfig(block_size=5))
+    d = DraftModelDrafter(near)
+    d.p_min = 0.6
+    res = run(target, tok, d, SpecConfig(block_size=5))
+    assert res.tokens == plain == full.tokens
+    assert 0 < res.spec["n_drafted"] < full.spec["n_drafted"]
+    # one round by hand: the drafts are the p_min = 0 drafts cut before the first low probability
+    from turbospec.engine.generate import Session
+
+    ids = tok.encode(PROMPT, add_bos=True)
+    s = Session(near)
+    s.prefill(ids[:-1])
+    feed, probs, toks = [ids[-1]], [], []
+    for _ in range(4):
+        logits, _ = near.forward(feed, s.cache, logits_rows="last")
+        toks.append(int(np.argmax(logits[-1])))
+        probs.append(top_probability(logits[-1]))
+        feed = [toks[-1]]
+    ts = Session(target)
+    ts.prefill(ids[:-1])
+    for thr in sorted(probs):
+        d = DraftModelDrafter(near)
+        d.p_min = float(thr) + 1e-9
+        d.begin(ts, ids[:-1])
+        rnd = Round(0, ids[-1], ts.n_past - 1, -1, np.zeros(target.cfg.n_embd, np.float32), 4, list(ids))
+        got = d.propose(rnd, threading.Event()).tokens
+        n = next(i for i, p in enumerate(probs) if p < thr + 1e-9)
+        assert got == toks[:n], thr
+
+
 @pytest.mark.parametrize("depth", [1, 2])
 def test_greedy_identical_quantized_cache_and_penalty(models, depth):
     target, near, tok = models
@@ -438,6 +475,12 @@ def test_cli_spec_errors(tiny_gguf, monkeypatch, capsys):
     assert "draft model not found" in capsys.readouterr().err
     assert main(base + ["--spec", "ngram", "--draft-block-size", "40"]) == 2
     assert "--draft-block-size 40" in capsys.readouterr().err
+    for bad in ("1.5", "-0.1", "nan"):
+        assert main(base + ["--spec", "draft", "--model-draft", str(tiny_gguf), "--draft-p-min", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"--draft-p-min {float(bad)} is out of range" in err
+    assert main(base + ["--spec", "ngram", "--draft-p-min", "0.5"]) == 2
+    assert "prompt lookup has none" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "turbospec.engine.spec.mtp", None)  # as if the module were missing
     assert main(base + ["--spec", "mtp"]) == 2
     err = capsys.readouterr().err

@@ -315,6 +315,7 @@ def cmd_run(args) -> int:
             per_position=res.spec["per_position"],
             draft_block_size=res.spec["block_size"],
             draft_max=res.spec["draft_max"],
+            draft_p_min=getattr(args, "draft_p_min", 0.0) or 0.0,
             pipeline_depth=res.spec["pipeline_depth"],
             rounds=res.spec["rounds"],
             n_drafted=res.spec["n_drafted"],
@@ -398,7 +399,9 @@ def spec_summary_line(s: dict) -> str:
 
     pp = " ".join(fmt_pct(p) for p in (s.get("per_position") or [])) or "—"
     return (
-        f"spec {s['spec']} B={s.get('draft_block_size')} depth {s.get('pipeline_depth')} · "
+        f"spec {s['spec']} B={s.get('draft_block_size')}"
+        + (f" p-min {s['draft_p_min']:g}" if s.get("draft_p_min") else "")
+        + f" depth {s.get('pipeline_depth')} · "
         f"draft acceptance rate {fmt_pct(s.get('draft_acceptance_rate'))} · τ {fmt_tau(s.get('tau'))} · "
         f"per-position acceptance {pp} · decode {s['decode_tok_s']:.1f} tok/s · "
         f"{s.get('rounds', 0)} rounds, {s.get('skip_rounds', 0)} skipped"

@@ -218,7 +218,8 @@ class DeviceAssistant:
     def draft_probability(self, k: int) -> None:
         """pk[k] = the softmax probability of step k's draft over the scored tokens (self.vals, the
         softcap applied as the host does): 1 / sum(exp(v - max)). On the device; fetched with the
-        ids at the end of the round, so --draft-p-min adds no sync."""
+        ids at the end of the round, so --draft-p-min adds no sync (it allocates two temporaries of
+        the candidates' size a step: the one exception to the persistent buffers)."""
         xp, c = self.xp, self.cfg
         v = self.vals
         if c.softcap:

@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         # the trace's cost, at B=3 depth 2
         with tempfile.TemporaryDirectory() as td:
             w = TimedTrace(TraceWriter.open(str(Path(td) / "t.ndjson")))
-            res = generate(model, tok, ids, cfg, drafter=(dr := make(args.spec[-1])),
+            last = next(label for label, (n, _) in variants.items() if n == args.spec[-1])
+            res = generate(model, tok, ids, cfg, drafter=(dr := make(last)),
                            spec=SpecConfig(block_size=3, pipeline_depth=2), trace=w)
             dr.close()
             w.w.close()

@@ -103,4 +103,5 @@ def test_shipped_mtp_head_greedy_identical_and_accepted(real):
                 assert res.tokens == plain, (PROMPTS[i], b, kv)
                 acc += res.spec["n_accepted"]
                 dr += res.spec["n_drafted"]
-    assert dr > 0 and acc / dr > 0.15, acc / dr  # the shipped head: 19.3% here (B up to 6); untrained ~1.5%
+    # the third sitting's head: 19.3% here (B up to 6), the fourth's more; an untrained head ~1.5%
+    assert dr > 0 and acc / dr > 0.15, acc / dr

@@ -89,3 +89,10 @@ class Sampler:
         cum = np.cumsum(p[nz])
         u = self.rng.random() * cum[-1]
         return int(nz[min(int(np.searchsorted(cum, u, side="right")), len(nz) - 1)])
+
+
+def top_probability(scores: np.ndarray) -> float:
+    """softmax(scores).max() in float64: 1 / sum(exp(s - max)); entries of -1e30 count as 0.
+    What --draft-p-min compares (the MTP assistant's routed candidates, a draft model's logits)."""
+    s = np.asarray(scores, np.float64)
+    return float(1.0 / np.exp(s - s.max()).sum())

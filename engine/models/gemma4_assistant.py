@@ -45,6 +45,7 @@ import numpy as np
 
 from turbospec.engine.gguf import GGUFFile, dequantize
 from turbospec.engine.models.gemma3 import gelu_tanh, rms_norm, rope_neox, rope_tables
+from turbospec.engine.sampling import top_probability
 from turbospec.errors import UserError
 
 ARCH = "gemma4_assistant"
@@ -430,12 +431,6 @@ class Gemma4Assistant:
                 break
             out.append(tok)
         return out
-
-
-def top_probability(scores: np.ndarray) -> float:
-    """softmax(scores).max() in float64: 1 / sum(exp(s - max)). Entries of -1e30 count as 0."""
-    s = np.asarray(scores, np.float64)
-    return float(1.0 / np.exp(s - s.max()).sum())
 
 
 def source_layers(sliding: list[bool], target_sliding: list[bool], name: str = "(memory)") -> list[int]:

@@ -104,6 +104,8 @@ class Drafter:
     """
 
     name = "base"
+    p_min = 0.0  # --draft-p-min: drafters with probabilities (mtp, draft) end a round's drafts at
+    # the first one below it; prompt lookup has none (the CLI refuses P > 0 for it)
 
     def __init__(self) -> None:
         self.session = None

@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from turbospec.engine.models.gemma4_assistant import top_probability
+from turbospec.engine.sampling import top_probability
 from turbospec.engine.spec.base import Drafter, Proposal, Round
 from turbospec.errors import UserError
 
@@ -43,7 +43,6 @@ class DraftModelDrafter(Drafter):
 
         self.model = model
         self.dsess = Session(model, kv, n_ctx)
-        self.p_min = 0.0  # --draft-p-min: stop at the first draft below this probability
 
     @classmethod
     def load(cls, path: str, target_tokens: list[str], storage: str = "auto", kv=None, n_ctx: int = 4096):

@@ -37,7 +37,6 @@ class MTPDrafter(Drafter):
         super().__init__()
         self.assistant = assistant
         self.target = target
-        self.p_min = 0.0  # --draft-p-min: stop a round at the first draft below this probability
 
     @classmethod
     def load(cls, path: str | Path | None, target, tok) -> MTPDrafter:

@@ -261,7 +261,6 @@ class DeviceMTPDrafter(Drafter):
     def __init__(self, assistant: DeviceAssistant):
         super().__init__()
         self.assistant = assistant
-        self.p_min = 0.0  # --draft-p-min; the round's steps all run, the drafts are cut on the host
         r = assistant.runner
         self.xp, self.gpu = r.xp, r.gpu
         self.stream = r.xp.cuda.Stream(non_blocking=True) if r.gpu else None
@@ -330,7 +329,7 @@ class DeviceMTPDrafter(Drafter):
                 if cancelled.is_set():
                     break
                 a.step(cache, rnd.attn_pos, k, want_next=k + 1 < n)
-                if self.p_min > 0:
+                if self.p_min > 0:  # every step still runs; the drafts are cut on the host below
                     a.draft_probability(k)
                 done += 1
             # fetched also when cancelled: nothing may still read the KV afterwards

@@ -344,7 +344,7 @@ def test_drafter_in_the_loop_is_exact_and_lazy(target, tmp_path, kv):
 def test_p_min_cuts_the_drafts_at_the_first_low_probability(target, tmp_path):
     """--draft-p-min: the drafts are the p_min=0 drafts cut before the first step whose draft has
     probability < p_min; the probability is the softmax over the scored (routed) candidates."""
-    from turbospec.engine.models.gemma4_assistant import top_probability
+    from turbospec.engine.sampling import top_probability
 
     model, tok = target
     a = Gemma4Assistant.load(write_random(tmp_path / "a.gguf", model, tok.tokens, seed=5))

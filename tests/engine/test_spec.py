@@ -117,7 +117,7 @@ def test_greedy_identical_to_plain(models, block, depth):
 def test_draft_model_p_min_cuts_and_stays_exact(models):
     """--draft-p-min with a draft model: greedy output unchanged, fewer drafts, and every round's
     drafts end at the first one the draft model gives probability < p_min."""
-    from turbospec.engine.models.gemma4_assistant import top_probability
+    from turbospec.engine.sampling import top_probability
 
     target, near, tok = models
     plain = run(target, tok).tokens

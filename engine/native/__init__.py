@@ -1,0 +1,181 @@
+"""Native CPU kernels: C sources in this folder, built with the system C compiler on first use
+and loaded with ctypes. The CPU engine stays NumPy; these replace only the few products where
+NumPy has no batch-invariant fast path (engine/linear.py says which). Each kernel has its NumPy
+reference in the module that calls it, and tests compare them (tests/engine/test_native.py).
+
+Builds are cached under ``cache_dir()/native`` by the hash of the source, the flags, the
+compiler's version and this CPU's feature flags (``-march=native`` code must never be loaded on
+another CPU). A build goes to a temporary name and is renamed, so concurrent first starts are
+safe. ``TURBOSPEC_NATIVE=0`` turns the kernels off; without a compiler, or when a build fails,
+the engine says so in one line and computes with NumPy (slower; the results differ only in the
+last bits, and within a process every product takes the same path, so speculative decoding
+stays token-identical to plain decoding either way).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SOURCES = ("rowint16.c",)
+CFLAGS = ("-O3", "-std=c11", "-shared", "-fPIC", "-ffp-contract=off", "-fno-strict-aliasing")
+ARCH_FLAGS = (("-march=native",), ())  # tried in order: the first that builds wins
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+@dataclass(frozen=True)
+class NativeStatus:
+    enabled: bool
+    isa: str  # "avx512" | "avx2" | "portable" | "" when disabled
+    reason: str  # why it is off, or the library path
+
+    def describe(self) -> str:
+        return f"native {self.isa}" if self.enabled else f"numpy ({self.reason})"
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.machine() + platform.processor()
+
+
+def compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def _cache_dir() -> Path:
+    from turbospec.paths import cache_dir
+
+    return cache_dir() / "native"
+
+
+def build(cc: str, arch_flags: tuple[tuple[str, ...], ...] = ARCH_FLAGS) -> tuple[Path | None, str]:
+    """(library path, "") or (None, the reason it failed); the first of ``arch_flags`` that
+    builds wins (tests build the portable variant with ``((),)`` to compare it bit for bit)."""
+    text = b"".join((HERE / s).read_bytes() for s in SOURCES)
+    try:
+        ver = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout.split("\n")[0]
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"compiler {cc} does not run ({type(e).__name__})"
+    d = _cache_dir()
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return None, f"cannot create {d} ({e.strerror})"
+    last = ""
+    for arch in arch_flags:
+        flags = (*CFLAGS, *arch)
+        key = hashlib.sha256(b"\0".join([text, " ".join(flags).encode(), ver.encode(), _cpu_flags().encode()]))
+        so = d / f"turbospec-native-{key.hexdigest()[:20]}.so"
+        if so.exists():
+            return so, ""
+        tmp = so.with_name(f"{so.stem}.{os.getpid()}.{threading.get_ident()}.so")
+        cmd = [cc, *flags, "-o", str(tmp), *(str(HERE / s) for s in SOURCES), "-lm"]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.SubprocessError) as e:
+            last = f"{cc} failed to run ({type(e).__name__})"
+            continue
+        if r.returncode == 0 and tmp.exists():
+            tmp.replace(so)
+            return so, ""
+        tmp.unlink(missing_ok=True)
+        err = next((ln for ln in (r.stderr or "").splitlines() if "error" in ln), (r.stderr or "").strip()[:120])
+        last = f"{cc} {' '.join(arch) or '(generic)'}: {err.strip()[:160]}"
+    return None, last or "the build failed"
+
+
+def open_library(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    _bind(lib)
+    return lib
+
+
+def _bind(lib: ctypes.CDLL) -> None:
+    P, L = ctypes.c_void_p, ctypes.c_long
+    lib.ts_rowint16_matmul.argtypes = [P, P, L, P, L, P, L, L, L]
+    lib.ts_rowint16_matmul.restype = ctypes.c_int
+    lib.ts_rowint16_gather.argtypes = [P, P, L, P, L, P, P]
+    lib.ts_rowint16_gather.restype = None
+    lib.ts_rowint16_isa.restype = ctypes.c_char_p
+
+
+def _load() -> tuple[ctypes.CDLL | None, NativeStatus]:
+    if os.environ.get("TURBOSPEC_NATIVE", "1").strip().lower() in ("0", "off", "no", "false"):
+        return None, NativeStatus(False, "", "TURBOSPEC_NATIVE=0")
+    cc = compiler()
+    if not cc:
+        return None, NativeStatus(False, "", "no C compiler: install gcc (apt-get install gcc) for the native kernels")
+    so, why = build(cc)
+    if so is None:
+        return None, NativeStatus(False, "", f"native kernels did not build: {why}")
+    try:
+        lib = open_library(so)
+    except (OSError, AttributeError) as e:
+        return None, NativeStatus(False, "", f"native kernels did not load ({e})")
+    return lib, NativeStatus(True, lib.ts_rowint16_isa().decode(), str(so))
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, or None (disabled, no compiler, failed build). Built once a process."""
+    with _lock:
+        if "lib" not in _state:
+            lib, st = _load()
+            _state["lib"], _state["status"] = lib, st
+            if lib is None and st.reason != "TURBOSPEC_NATIVE=0":
+                print(f"turbospec: {st.reason}; the CPU engine computes its products with NumPy (slower)",
+                      file=sys.stderr)
+        return _state["lib"]  # type: ignore[return-value]
+
+
+def status() -> NativeStatus:
+    library()
+    return _state["status"]  # type: ignore[return-value]
+
+
+def reset() -> None:
+    """Forget the loaded library (tests switch TURBOSPEC_NATIVE within a process)."""
+    with _lock:
+        _state.clear()
+
+
+def _ptr(a: np.ndarray) -> int:
+    return a.ctypes.data
+
+
+def rowint16_matmul(lib: ctypes.CDLL, q: np.ndarray, s: np.ndarray, x: np.ndarray, out: np.ndarray,
+                    r0: int, r1: int) -> None:
+    """Rows [r0, r1) of ``out`` (T, rows) = x (T, K) @ (q * s[:, None]).T. Arrays must be
+    C-contiguous: q int16 (rows, K), s float32 (rows,), x and out float32; T <= 32."""
+    T, K = x.shape
+    rc = lib.ts_rowint16_matmul(_ptr(q), _ptr(s), K, _ptr(x), T, _ptr(out), out.shape[1], r0, r1)
+    if rc:
+        raise ValueError(f"ts_rowint16_matmul: {T} tokens is more than the kernel takes (32)")
+
+
+def rowint16_gather(lib: ctypes.CDLL, q: np.ndarray, s: np.ndarray, idx: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """(q[idx] * s[idx, None]) @ h for int64 row ids ``idx``; h float32 (K,)."""
+    idx = np.ascontiguousarray(idx, np.int64).reshape(-1)
+    h = np.ascontiguousarray(h, np.float32)
+    out = np.empty(idx.size, np.float32)
+    lib.ts_rowint16_gather(_ptr(q), _ptr(s), q.shape[1], _ptr(idx), idx.size, _ptr(h), _ptr(out))
+    return out

@@ -14,11 +14,13 @@
  * The AVX-512, AVX2 and portable paths perform that same sequence, so they agree bit for bit too.
  *
  * Napkin math, the default model's tied LM head (262144 x 640 int16 = 336 MB): one token streams
- * 336 MB and does 168M FMAs; two cores stream ~29 GB/s here, so T = 1 takes ~11.6 ms, against
- * ~18 ms for NumPy's cast-to-float32-then-gemv tiles. Each extra token adds 168M FMAs (at 16 per
- * cycle per core ~1-2 ms) but no bytes: T = 4 measured 14.6 ms (1.26x T = 1), where the NumPy
- * path (one gemv per token on the cast tile) costs 1.9x. The row (1.3 KB) stays in L1 while the
- * token blocks pass over it.
+ * 336 MB and does 168M FMAs; two cores stream ~30-40 GB/s here, so T = 1 takes ~8-11 ms, against
+ * ~18 ms for NumPy's cast-to-float32-then-gemv tiles. Each extra token adds 168M FMAs but no bytes.
+ * This EPYC (Zen 4) runs a 512-bit FMA as two 256-bit halves and loads x from L1 for every FMA, so
+ * an extra token costs ~2-4 ms, not the ~1 ms of its FMA count: measured 2026-12-04 (2 threads,
+ * the head alone, medians) T = 1 9.5 ms, 2 13.9, 3 14.6, 4 19.1, 6 21.7, 8 28.2 — with the
+ * software prefetch below; the NumPy path (one gemv per token on the cast tile) costs ~1.9x at
+ * T = 4. The row (1.3 KB) stays in L1 while the token blocks pass over it.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -28,8 +30,27 @@
 #endif
 
 #define LANES 16
-#define TBLK 4 /* tokens per pass over a row (2 sets x 4 tokens = 8 accumulators in registers); a row
- * interleaving two rows ran 2-3x slower (two streams from DRAM), so rows go one at a time */
+/* Software prefetch two rows ahead (one 64-byte line per 32 weights, the main loop's step) when a
+ * row serves >= 2 tokens: the hardware prefetcher alone keeps up with one token per row (DRAM-bound,
+ * LM head ~9-12 ms) but not once each row also pays T FMA passes. LM head, 2 threads, median of 12
+ * interleaved: T = 3 21.3 -> 17.2 ms, T = 4 23.2 -> 19.4, T = 6 32.9 -> 22.1; T = 1, 2 unchanged
+ * within noise. Distances of 1-16 rows measured alike. Prefetch is a hint: no effect on results. */
+#define PF_ROWS 2
+/* The gather prefetches the row GATHER_PF candidates ahead, whole (20 lines for K = 640): the
+ * MTP head's 4096 routed rows lie scattered over the 336 MB head, so each row is a DRAM miss the
+ * hardware cannot predict. 4096 random rows: 1.4-2.0 ms without, 0.29 ms at 8 ahead (0.41 at 2). */
+#ifndef GATHER_PF
+#define GATHER_PF 8
+#endif
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#define PREFETCH(p) _mm_prefetch((const char*)(p), _MM_HINT_T0)
+#else
+#define PREFETCH(p) ((void)0)
+#endif
+#define TBLK 4 /* tokens per pass over a row (2 sets x 4 tokens = 8 accumulators in registers). Rows go
+ * one at a time: two rows interleaved (each x chunk loaded into a register once for both) ran at
+ * ~20 ms for the LM head whatever T = 2..6 — the two interleaved streams starve the hardware
+ * prefetcher (28 ms without software prefetch) — against 13-15 ms for one row at T = 2, 3 */
 
 #if defined(__AVX512F__)
 #define TS_ISA "avx512"
@@ -67,6 +88,7 @@ static inline acc_t acc_add(acc_t a, acc_t b) {
   acc_t r = {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)};
   return r;
 }
+
 static inline float hsum(acc_t a) {
   __m256 s8 = _mm256_add_ps(a.lo, a.hi);
   __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
@@ -87,6 +109,7 @@ static inline acc_t acc_add(acc_t a, acc_t b) {
   for (int l = 0; l < LANES; l++) a.v[l] = a.v[l] + b.v[l];
   return a;
 }
+
 static inline float hsum(acc_t a) {
   float b[8];
   for (int l = 0; l < 8; l++) b[l] = a.v[l] + a.v[l + 8];
@@ -103,12 +126,13 @@ static inline float hsum(acc_t a) {
  * and the lane tree. NT is a compile-time constant in every instance. */
 #define KERNEL(NT)                                                                                    \
   static void k_##NT(const int16_t* q, size_t K, size_t kfull, const int16_t* wt, const float* x,     \
-                     const float* xt, float s, float* o, size_t ldo) {                                \
+                     const float* xt, float s, float* o, size_t ldo, const int16_t* pf) {             \
     acc_t a[NT], b[NT];                                                                               \
     for (int t = 0; t < NT; t++) a[t] = b[t] = acc_zero();                                            \
     size_t k = 0;                                                                                     \
     for (; k + 2 * LANES <= kfull; k += 2 * LANES) {                                                  \
       acc_t w0 = load_w(q + k), w1 = load_w(q + k + LANES);                                           \
+      if (NT >= 2) PREFETCH(pf + k); /* pf: the row PF_ROWS ahead (or this one at the end) */      \
       for (int t = 0; t < NT; t++) {                                                                  \
         a[t] = fma_x(w0, x + t * K + k, a[t]);                                                        \
         b[t] = fma_x(w1, x + t * K + k + LANES, b[t]);                                                \
@@ -133,7 +157,7 @@ static inline float hsum(acc_t a) {
 KERNEL(1) KERNEL(2) KERNEL(3) KERNEL(4)
 
 typedef void (*kfn)(const int16_t*, size_t, size_t, const int16_t*, const float*, const float*, float, float*,
-                    size_t);
+                    size_t, const int16_t*);
 static const kfn KERNELS[TBLK] = {k_1, k_2, k_3, k_4};
 
 const char* ts_rowint16_isa(void) { return TS_ISA; }
@@ -159,7 +183,7 @@ int ts_rowint16_matmul(const int16_t* q, const float* s, long K_, const float* x
     for (size_t t0 = 0; t0 < T; t0 += TBLK) {
       const size_t nt = T - t0 < TBLK ? T - t0 : TBLK;
       KERNELS[nt - 1](qr, K, kfull, rem ? wt : NULL, x + t0 * K, xt + t0 * LANES, s[r], out + t0 * ldo + (size_t)r,
-                      ldo);
+                      ldo, t0 == 0 && r + PF_ROWS < r1 ? qr + PF_ROWS * K : qr);
     }
   }
   return 0;
@@ -177,8 +201,14 @@ void ts_rowint16_gather(const int16_t* q, const float* s, long K_, const int64_t
     for (size_t l = 0; l < LANES; l++) ht[l] = l < rem ? h[kfull + l] : 0.f;
   for (long i = 0; i < n; i++) {
     const int16_t* qr = q + (size_t)idx[i] * K;
+#if GATHER_PF
+    if (i + GATHER_PF < n) { /* scattered rows: no stream for the hardware prefetcher to follow */
+      const char* p = (const char*)(q + (size_t)idx[i + GATHER_PF] * K);
+      for (size_t b = 0; b < K * sizeof(int16_t); b += 64) PREFETCH(p + b);
+    }
+#endif
     if (rem)
       for (size_t l = 0; l < LANES; l++) wt[l] = l < rem ? qr[kfull + l] : 0;
-    k_1(qr, K, kfull, rem ? wt : NULL, h, ht, s[idx[i]], out + i, 1);
+    k_1(qr, K, kfull, rem ? wt : NULL, h, ht, s[idx[i]], out + i, 1, qr);
   }
 }

@@ -95,6 +95,36 @@ def test_gather_equals_rows_product():
         assert np.array_equal(got, full[idx])
 
 
+def test_assistant_products_int16_serial(monkeypatch):
+    """The MTP assistant's one-vector products: large matrices as row-scaled int16 in the calling
+    thread (within the int16 rounding of w, against float64), small ones and the no-native case
+    exactly w @ x; apply_serial is apply's bits without the crew."""
+    from turbospec.engine.models.gemma4_assistant import _one_vector_product
+    from turbospec.engine.weights import INT16_MIN_ELEMENTS
+
+    rng = np.random.default_rng()
+    big = (rng.standard_normal((INT16_MIN_ELEMENTS // 640 + 3, 640)) * 0.05).astype(np.float32)
+    small = rng.standard_normal((48, 64)).astype(np.float32)
+    x, xs = rng.standard_normal(640).astype(np.float32), rng.standard_normal(64).astype(np.float32)
+    got = _one_vector_product(big)(x)
+    want = big.astype(np.float64) @ x.astype(np.float64)
+    # each weight moves by at most half a step of its row's scale (amax / 32767), plus float32 rounding
+    bound = 0.5 * (np.abs(big).max(axis=1) / 32767.0) * np.abs(x).sum() + 1e-5 * np.abs(big) @ np.abs(x)
+    assert np.all(np.abs(got - want) <= bound)
+    assert not np.array_equal(got, big @ x)  # the int16 path did run (float32 BLAS would round elsewhere)
+    assert np.array_equal(_one_vector_product(small)(xs), small @ xs)
+    lin = RowInt16(*quantize_rows_int16(big))
+    xb = rng.standard_normal((3, 640)).astype(np.float32)
+    assert np.array_equal(lin.apply_serial(xb), lin.apply(xb))
+    try:
+        monkeypatch.setenv("TURBOSPEC_NATIVE", "0")
+        native.reset()
+        assert np.array_equal(_one_vector_product(big)(x), big @ x)
+    finally:
+        monkeypatch.undo()
+        native.reset()
+
+
 def _cpu_has(flag: str) -> bool:
     return flag in native._cpu_flags().split()
 

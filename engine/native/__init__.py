@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("rowint16.c",)
+SOURCES = ("rowint16.c", "f16.c")
 CFLAGS = ("-O3", "-std=c11", "-shared", "-fPIC", "-ffp-contract=off", "-fno-strict-aliasing")
 ARCH_FLAGS = (("-march=native",), ())  # tried in order: the first that builds wins
 
@@ -117,6 +117,9 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.ts_rowint16_gather.argtypes = [P, P, L, P, L, P, P]
     lib.ts_rowint16_gather.restype = None
     lib.ts_rowint16_isa.restype = ctypes.c_char_p
+    lib.ts_f16_to_f32.argtypes = [P, P, L]
+    lib.ts_f16_to_f32.restype = None
+    lib.ts_f16_isa.restype = ctypes.c_char_p
 
 
 def _load() -> tuple[ctypes.CDLL | None, NativeStatus]:
@@ -179,3 +182,13 @@ def rowint16_gather(lib: ctypes.CDLL, q: np.ndarray, s: np.ndarray, idx: np.ndar
     out = np.empty(idx.size, np.float32)
     lib.ts_rowint16_gather(_ptr(q), _ptr(s), q.shape[1], _ptr(idx), idx.size, _ptr(h), _ptr(out))
     return out
+
+
+def f16_to_f32(lib: ctypes.CDLL, h: np.ndarray, out: np.ndarray) -> None:
+    """out[...] = h as float32; h uint16 (or float16) bit patterns and out float32, both
+    C-contiguous with the same number of elements."""
+    if h.size != out.size or not (h.flags.c_contiguous and out.flags.c_contiguous):
+        raise ValueError("f16_to_f32: contiguous arrays of the same size")
+    if h.dtype.itemsize != 2 or out.dtype != np.float32:
+        raise ValueError("f16_to_f32: 2-byte input, float32 output")
+    lib.ts_f16_to_f32(_ptr(h), _ptr(out), h.size)

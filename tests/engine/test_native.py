@@ -129,6 +129,52 @@ def _cpu_has(flag: str) -> bool:
     return flag in native._cpu_flags().split()
 
 
+@pytest.mark.parametrize("arch,isa", [(None, None), ((), "portable"), (("-mavx2", "-mfma", "-mf16c"), "f16c")])
+def test_f16_to_f32_every_pattern(arch, isa):
+    """All 65536 half patterns against the table (NumPy's own cast): the same float32 bits for
+    every finite value and infinity, a NaN for every NaN; odd lengths (the scalar tail)."""
+    from turbospec.engine.kv.codecs import _f16_table
+
+    if arch is None:
+        lib = native.library()
+    else:
+        if isa == "f16c" and not (_cpu_has("avx2") and _cpu_has("f16c")):
+            pytest.skip("CPU without F16C")
+        path, why = native.build(native.compiler(), (arch,))
+        assert path is not None, why
+        lib = native.open_library(path)
+        assert lib.ts_f16_isa().decode() == isa
+    ref = _f16_table()
+    nan = np.isnan(ref)
+    h = np.random.default_rng().permutation(65536).astype(np.uint16)
+    for n in (65536, 65531, 7):
+        out = np.full(n, -1.0, np.float32)
+        native.f16_to_f32(lib, h[:n], out)
+        want = ref[h[:n]]
+        fin = ~nan[h[:n]]
+        assert np.array_equal(out[fin].view(np.uint32), want[fin].view(np.uint32))
+        assert np.isnan(out[~fin]).all()
+
+
+def test_f16_codec_decodes_natively_and_the_same(monkeypatch):
+    from turbospec.engine.kv.codecs import F16Codec
+
+    rng = np.random.default_rng()
+    c = F16Codec()
+    x = (rng.standard_normal((37, 2, 256)) * rng.uniform(1e-6, 1e3, (37, 1, 1))).astype(np.float32)
+    packed = c.encode(x)
+    got = c.decode(packed)
+    try:
+        monkeypatch.setenv("TURBOSPEC_NATIVE", "0")
+        native.reset()
+        want = c.decode(packed)
+    finally:
+        monkeypatch.undo()
+        native.reset()
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert np.array_equal(got, x.astype(np.float16).astype(np.float32))
+
+
 @pytest.mark.parametrize("arch,isa", [((), "portable"), (("-mavx2", "-mfma"), "avx2")])
 def test_vector_builds_agree_with_portable_build(arch, isa):
     """The AVX-512 / AVX2 / portable paths perform one summation order: the same bits."""

@@ -103,10 +103,12 @@ def bench_turbospec(args) -> dict:
         s.prefill(long_prompt)
         return len(long_prompt) / (time.perf_counter() - t0)
 
+    from turbospec.engine import native
+
     decode_once(8)
     prefill_once()
     return {
-        "engine": "turbospec (numpy)",
+        "engine": f"turbospec (NumPy + {native.status().describe()} kernels)",
         "load_s": load_s,
         "decode_once": decode_once,
         "prefill_once": prefill_once,

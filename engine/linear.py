@@ -174,10 +174,18 @@ PARALLEL_MIN_WEIGHTS = 1 << 18  # smaller products run in the calling thread. Si
 # interleaved A/B run (2 threads; the LM head 27.8 -> 22.9 ms, gate+up 0.51 -> 0.32 ms)
 
 
+NATIVE_PARALLEL_MIN_WEIGHTS = 1 << 21  # the same rule on the native kernel, which streams a
+# matrix at DRAM speed: there a split pays for its hand-off only from ~2M weights on. The default
+# model's q+k+v (0.98M), attn_output (0.66M) and ffn_down (1.3M) run in the calling thread,
+# gate+up (2.6M) and the LM head split. Interleaved A/B, 14 repetitions, 2 threads, forward of T
+# tokens: T = 1 33.8 -> 29.1 ms, T = 2 37.7 -> 33.9, T = 3 41.3 -> 39.7 (1M: 31.9 / 36.3 / 39.0).
+# The kernel's per-output arithmetic ignores the split, so this changes no bits.
+
+
 SPLIT_ALIGN = 16  # row ranges start at multiples of this (BLAS's gemv kernels work on row groups)
 
 
-def _parallel_rows(fn, x: np.ndarray, n_out: int) -> np.ndarray:
+def _parallel_rows(fn, x: np.ndarray, n_out: int, min_weights: int | None = None) -> np.ndarray:
     """out = f(x) computed by ``fn(x2, out, r0, r1)`` over equal row ranges, one per worker.
 
     The ranges depend only on n_out and the worker count (never on the batch), so a token's
@@ -187,7 +195,7 @@ def _parallel_rows(fn, x: np.ndarray, n_out: int) -> np.ndarray:
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
     out = np.empty((x2.shape[0], n_out), np.float32)
     nw = min(n_workers(), -(-n_out // SPLIT_ALIGN))
-    if n_out * x2.shape[1] < PARALLEL_MIN_WEIGHTS and x2.shape[0] <= ROW_LOOP_MAX:
+    if n_out * x2.shape[1] < (min_weights or PARALLEL_MIN_WEIGHTS) and x2.shape[0] <= ROW_LOOP_MAX:
         nw = 1
     if nw <= 1:
         fn(x2, out, 0, n_out)
@@ -305,7 +313,8 @@ class RowInt16:
         np.multiply(out[:, r0:r1], self.s[r0:r1], out=out[:, r0:r1])
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        return _parallel_rows(self._range, x, self.q.shape[0])
+        native_path = self._native_ok and native.library() is not None
+        return _parallel_rows(self._range, x, self.q.shape[0], NATIVE_PARALLEL_MIN_WEIGHTS if native_path else None)
 
     def apply_serial(self, x: np.ndarray) -> np.ndarray:
         """apply() in the calling thread only: for products of ~1 MB, where handing half to the

@@ -11,7 +11,7 @@ several sittings (``--resume``):
    the two source layers (last sliding, last global; f16, K after its norm and RoPE, as the
    f16 cache holds them), the target's argmax next token and its top-8 ids and logits. One ``.npz``
    shard per batch plus ``manifest.json`` (written last, atomically): a resumed run skips the
-   jobs a shard already holds.
+   jobs a shard already holds (jobs are keyed by (--seed, id): another seed adds new ones).
 2. clusters (``balanced_kmeans``): centroids and token_ordering from k-means over the
    target's embedding rows, balanced so each cluster holds exactly n_vocab / n_centroids ids.
 3. training (``train``): teacher-forced multi-step. Anchor t (a position with a target
@@ -345,7 +345,10 @@ def generate_data(model_path: Path, tok, work: Path, dc: DataConfig, prompts: li
     tm = TorchGemma3(model_path)
     stop = {t for t in stop_ids(tok) if t is not None}
     jobs = job_list(len(prompts), dc.seed, dc.free)
-    done_ids = {j for s in man["shards"] for j in s["jobs"]}
+    # jobs are (seed, id): another --seed adds fresh jobs to the same folder (shards before this
+    # key was recorded are the manifest's first seed)
+    first_seed = man.get("data", {}).get("seed", dc.seed)
+    done_ids = {j for s in man["shards"] if s.get("seed", first_seed) == dc.seed for j in s["jobs"]}
     todo = [j for j in jobs if j["id"] not in done_ids]
     todo.sort(key=lambda j: j["prompt"] >= 0 if dc.free else False)  # free-running jobs first when asked for
     while man["n_tokens"] < dc.tokens and todo:
@@ -357,7 +360,8 @@ def generate_data(model_path: Path, tok, work: Path, dc: DataConfig, prompts: li
         name = f"shard_{len(man['shards']):05d}.npz"
         n = save_shard(work / name, seqs)
         dt = time.perf_counter() - t0
-        man["shards"].append({"file": name, "jobs": [j["id"] for j in batch], "n_tokens": n, "seconds": round(dt, 2)})
+        man["shards"].append({"file": name, "jobs": [j["id"] for j in batch], "seed": dc.seed, "n_tokens": n,
+                              "seconds": round(dt, 2)})
         man["n_tokens"] += n
         man["seconds"] = round(man.get("seconds", 0.0) + dt, 2)
         write_json_atomic(work / MANIFEST, man)
@@ -502,6 +506,7 @@ class TrainConfig:
     seed: int = 0
     max_steps: int = 0  # 0 = from epochs
     qtype: str = "q8_0"
+    init: str = ""  # an assistant GGUF to start from (its weights, centroids and token_ordering)
     extra: dict = field(default_factory=dict)
 
 
@@ -592,6 +597,36 @@ class TorchAssistant(torch.nn.Module):
             for name, p in m.named_parameters():
                 t[f"blk.{i}.{name}.weight"] = n(p)
         return t
+
+
+PARAM_OF = {"mtp.pre_projection.weight": "pre", "mtp.post_projection.weight": "post",
+            "output_norm.weight": "out_norm", "mtp.centroids.weight": "centroids"}
+
+
+def load_init(path: str, cfg: AssistantConfig, target_arch: str) -> dict[str, np.ndarray]:
+    """An existing assistant's tensors (float32, dequantized) and token_ordering (``order``), to
+    fine-tune from (``--init``); it must have this run's shape. The file's q8_0 rounding becomes
+    the starting point: the first steps lift it back to float32."""
+    from turbospec.engine.models.gemma4_assistant import Gemma4Assistant, expected_shapes
+
+    a = Gemma4Assistant.load(path)
+    c = a.cfg
+    mine = (cfg.n_layer, cfg.n_embd, cfg.n_ff, cfg.n_head, cfg.n_vocab, cfg.n_centroids, cfg.use_target_embeddings)
+    theirs = (c.n_layer, c.n_embd, c.n_ff, c.n_head, c.n_vocab, c.n_centroids, c.use_target_embeddings)
+    if mine != theirs or c.requires_target_arch != target_arch or a.token_ordering is None:
+        raise UserError(
+            f"--init {path}: its shape (layers, width, ffn, heads, vocab, centroids, target rows) {theirs} "
+            f"differs from this run's {mine}; pass matching --layers/--n-ff/--heads or another --init"
+        )
+    t = {"mtp.pre_projection.weight": a.pre_projection, "mtp.post_projection.weight": a.post_projection,
+         "output_norm.weight": a.output_norm, "mtp.centroids.weight": a.centroids}
+    for i, b in enumerate(a.blk):
+        for name in expected_shapes(c):
+            if name.startswith(f"blk.{i}."):
+                t[name] = getattr(b, name.split(".")[2])
+    t = {k: np.ascontiguousarray(v, np.float32) for k, v in t.items()}
+    t["order"] = a.token_ordering
+    return t
 
 
 def make_batch(seqs: list[dict], cfg: AssistantConfig, target_cfg: Gemma3Config, K: int) -> dict:
@@ -697,7 +732,14 @@ def train(model_path: Path, work: Path, tc: TrainConfig, resume: bool,
         raise UserError(f"--heads {tc.n_head} must be a multiple of the target's KV heads ({tcfg.n_head_kv})")
     source_layers(cfg.sliding, tcfg.sliding)
     clusters = work / "clusters.npz"
-    if clusters.exists():
+    init = None
+    if tc.init and not (resume and (work / CKPT).exists()):
+        init = load_init(tc.init, cfg, g.arch)
+    if init is not None:  # its clusters are the ones its weights were trained with: resumes use them too
+        cent, order = init["mtp.centroids.weight"], init["order"]
+        np.savez(work / "clusters.tmp.npz", centroids=cent, order=order)
+        (work / "clusters.tmp.npz").replace(clusters)
+    elif clusters.exists():
         z = np.load(clusters)
         cent, order = z["centroids"], z["order"]
     else:
@@ -712,6 +754,16 @@ def train(model_path: Path, work: Path, tc: TrainConfig, resume: bool,
     # randomly-directed h_inner score tokens with logits of spread ~100 (CE ~100 on the default model)
     model = TorchAssistant(cfg, E, None, tc.seed)
     model.centroids.data = torch.from_numpy(cent.copy())
+    if init is not None:
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for name, arr in init.items():
+                if name in PARAM_OF:
+                    params[PARAM_OF[name]].copy_(torch.from_numpy(arr))
+                elif name.startswith("blk."):
+                    _, i, rest = name.split(".", 2)
+                    params[f"layers.{i}.{rest.removesuffix('.weight')}"].copy_(torch.from_numpy(arr))
+        log(f"train: starting from {tc.init} (its weights, centroids and token_ordering)")
     seqs = [s for s in load_shards(work, man) if (s["argmax"] >= 0).sum() > 0]
     n_tok = sum(int((s["argmax"] >= 0).sum()) for s in seqs)
     n_batches = max(1, math.ceil(len(seqs) / tc.batch_seqs))

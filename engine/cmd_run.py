@@ -301,6 +301,7 @@ def cmd_run(args) -> int:
         "type_k": kv.type_k,
         "type_v": kv.type_v,
         "backend": choice.name,
+        "cpu_kernels": _cpu_kernels() if choice.name == "numpy" else None,
         "n_threads": args.threads,
         "model": str(model.gguf.path),
         "spec": getattr(args, "spec", "none") or "none",
@@ -529,3 +530,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_cache)
 
 
+def _cpu_kernels() -> str:
+    """Which products the NumPy engine ran on: "native avx512" (engine/native) or "numpy (why)"."""
+    from turbospec.engine import native
+
+    return native.status().describe()

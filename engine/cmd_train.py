@@ -49,7 +49,12 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a shared, loaded machine 2 OpenMP threads ran 9x slower; "
                    "raise it on an idle one)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the generation jobs and the training (default 0); data with another seed in the "
+                   "same --work adds new jobs beside the old ones")
+    p.add_argument("--init", default=None, metavar="GGUF",
+                   help="start training from this assistant (its weights, centroids and token_ordering) instead "
+                   "of a fresh one, e.g. to fine-tune the shipped assistant on more data")
     p.set_defaults(func=cmd_train_assistant)
 
 
@@ -78,6 +83,8 @@ def cmd_train_assistant(args) -> int:
     has_work = (work / at.MANIFEST).exists() or (work / at.CKPT).exists()
     if has_work and not args.resume and args.phase == "all":
         raise UserError(f"{work} already holds training work; pass --resume to continue it, or another --work")
+    if args.init and not Path(args.init).is_file():
+        raise UserError(f"--init {args.init}: no such file; pass an assistant GGUF (e.g. the shipped one)")
     out = Path(args.out)
     if out.parent and not out.parent.exists():
         raise UserError(f"folder {out.parent} does not exist; create it or choose another --out")
@@ -97,7 +104,7 @@ def cmd_train_assistant(args) -> int:
             return 0
     tc = at.TrainConfig(n_layer=args.layers, n_ff=args.n_ff, n_head=args.heads, draft_steps=args.draft_steps,
                         top_k_clusters=args.top_k_clusters, epochs=args.epochs, max_steps=args.steps, lr=args.lr,
-                        batch_seqs=args.batch_seqs, qtype=args.qtype, seed=args.seed)
+                        batch_seqs=args.batch_seqs, qtype=args.qtype, seed=args.seed, init=args.init or "")
     model, order, summary = at.train(model_path, work, tc, resume=args.resume or args.phase == "train", log=log)
     at.write_gguf(model, order, out, tok.tokens, args.qtype, extra={
         "general.name": f"MTP assistant for {model_path.name}",

@@ -113,6 +113,12 @@ def test_data_generation_resumes(target, tiny_gguf, tmp_path):
     assert m2["shards"][:n1] == m1["shards"] and len(m2["shards"]) > n1
     jobs = [j for s in m2["shards"] for j in s["jobs"]]
     assert len(jobs) == len(set(jobs))  # no job generated twice
+    # another seed adds its own jobs (the same ids, other samples) beside the first seed's
+    m3 = at.generate_data(tiny_gguf, tok, tmp_path, at.DataConfig(tokens=m2["n_tokens"] + 30, batch=3, max_new=12,
+                                                                  seed=2), PROMPTS, log=lambda m: None)
+    new = m3["shards"][len(m2["shards"]):]
+    assert new and all(sh["seed"] == 2 for sh in new) and m3["shards"][: len(m2["shards"])] == m2["shards"]
+    assert set(new[0]["jobs"]) & set(jobs)
     seqs = at.load_shards(tmp_path, json.loads((tmp_path / at.MANIFEST).read_text()))
     s = seqs[0]
     n = len(s["tokens"])
@@ -149,6 +155,24 @@ def test_tiny_training_loss_falls_and_file_drafts(target, tiny_gguf, tmp_path, c
     assert "resumed at step 40/50" in capsys.readouterr().err
     assert main(args) == 2
     assert "--resume" in capsys.readouterr().err
+    # --init: a new run (no checkpoint) starts from the file's weights and clusters, not from scratch
+    import shutil
+
+    work2 = tmp_path / "work2"
+    shutil.copytree(work, work2, ignore=shutil.ignore_patterns(at.CKPT, "clusters.npz"))
+    out2 = tmp_path / "b.gguf"
+    base2 = ["train-assistant", "-m", str(tiny_gguf), "--work", str(work2), "--layers", "2", "--n-ff", "64",
+             "--heads", "4", "--batch-seqs", "3", "--type", "f16", "--threads", "1"]
+    assert main(base2 + ["--out", str(out2), "--phase", "train", "--steps", "2", "--lr", "1e-4",
+                         "--init", str(out)]) == 0
+    err = capsys.readouterr().err
+    first = [float(ln.split(" loss ")[1].split()[0]) for ln in err.splitlines() if " loss " in ln]
+    assert "starting from" in err and first and first[0] < 0.8 * losses[0], err
+    b = Gemma4Assistant.load(out2)
+    assert np.array_equal(b.token_ordering, a.token_ordering)
+    assert main(base2 + ["--out", str(out2), "--phase", "train", "--steps", "2", "--init",
+                         str(tmp_path / "none.gguf")]) == 2
+    assert "--init" in capsys.readouterr().err
     # the file drafts inside the speculative loop; greedy output equals plain decoding
     d = MTPDrafter.load(out, model, tok)
     ids = tok.encode("the cat is on the mat", add_bos=True)

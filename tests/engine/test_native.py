@@ -129,6 +129,18 @@ def _cpu_has(flag: str) -> bool:
     return flag in native._cpu_flags().split()
 
 
+def build_variant(arch, isa, needs, isa_fn):
+    """The library built with ``arch`` flags (skipped when a vector ISA is missing here), checked to
+    report ``isa`` through ``isa_fn``."""
+    if isa != "portable" and not all(_cpu_has(f) for f in needs):
+        pytest.skip(f"CPU without {'/'.join(needs)}")
+    path, why = native.build(native.compiler(), (arch,))
+    assert path is not None, why
+    lib = native.open_library(path)
+    assert getattr(lib, isa_fn)().decode() == isa
+    return lib
+
+
 @pytest.mark.parametrize("arch,isa", [(None, None), ((), "portable"), (("-mavx2", "-mfma", "-mf16c"), "f16c")])
 def test_f16_to_f32_every_pattern(arch, isa):
     """All 65536 half patterns against the table (NumPy's own cast): the same float32 bits for
@@ -138,12 +150,7 @@ def test_f16_to_f32_every_pattern(arch, isa):
     if arch is None:
         lib = native.library()
     else:
-        if isa == "f16c" and not (_cpu_has("avx2") and _cpu_has("f16c")):
-            pytest.skip("CPU without F16C")
-        path, why = native.build(native.compiler(), (arch,))
-        assert path is not None, why
-        lib = native.open_library(path)
-        assert lib.ts_f16_isa().decode() == isa
+        lib = build_variant(arch, isa, ("avx2", "f16c"), "ts_f16_isa")
     ref = _f16_table()
     nan = np.isnan(ref)
     h = np.random.default_rng().permutation(65536).astype(np.uint16)
@@ -178,12 +185,7 @@ def test_f16_codec_decodes_natively_and_the_same(monkeypatch):
 @pytest.mark.parametrize("arch,isa", [((), "portable"), (("-mavx2", "-mfma"), "avx2")])
 def test_vector_builds_agree_with_portable_build(arch, isa):
     """The AVX-512 / AVX2 / portable paths perform one summation order: the same bits."""
-    if isa == "avx2" and not (_cpu_has("avx2") and _cpu_has("fma")):
-        pytest.skip("CPU without AVX2/FMA")
-    path, why = native.build(native.compiler(), (arch,))
-    assert path is not None, why
-    other = native.open_library(path)
-    assert other.ts_rowint16_isa().decode() == isa
+    other = build_variant(arch, isa, ("avx2", "fma"), "ts_rowint16_isa")
     lib = native.library()
     rng = np.random.default_rng()
     for k in (640, 75):

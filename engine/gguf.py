@@ -354,21 +354,28 @@ def _f16(b: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(b).view(np.float16)[..., 0].astype(np.float32)
 
 
+def _int_q8_0(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # [n, 34] -> (int8 [n, 32], d [n])
+    return np.ascontiguousarray(b[:, 2:34]).view(np.int8), _f16(b[:, 0:2])
+
+
 def _deq_q8_0(b: np.ndarray) -> np.ndarray:  # [n, 34]
-    d = _f16(b[:, 0:2])
-    q = b[:, 2:34].view(np.int8).astype(np.float32)
-    return q * d[:, None]
+    q, d = _int_q8_0(b)
+    return q.astype(np.float32) * d[:, None]
 
 
-def _deq_q4_0(b: np.ndarray) -> np.ndarray:  # [n, 18]
-    d = _f16(b[:, 0:2])
+def _int_q4_0(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # [n, 18]
     qs = b[:, 2:18]
     lo = (qs & 0x0F).astype(np.int8) - 8
     hi = (qs >> 4).astype(np.int8) - 8
-    return np.concatenate([lo, hi], axis=1).astype(np.float32) * d[:, None]
+    return np.concatenate([lo, hi], axis=1), _f16(b[:, 0:2])
 
 
-def _deq_q5_0(b: np.ndarray) -> np.ndarray:  # [n, 22]
+def _deq_q4_0(b: np.ndarray) -> np.ndarray:  # [n, 18]
+    q, d = _int_q4_0(b)
+    return q.astype(np.float32) * d[:, None]
+
+
+def _int_q5_0(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # [n, 22]
     d = _f16(b[:, 0:2])
     qh = np.ascontiguousarray(b[:, 2:6]).view("<u4")[:, 0]
     qs = b[:, 6:22]
@@ -377,7 +384,12 @@ def _deq_q5_0(b: np.ndarray) -> np.ndarray:  # [n, 22]
     h1 = ((qh[:, None] >> (j + 16)) & 1).astype(np.uint8) << 4
     x0 = ((qs & 0x0F) | h0).astype(np.int8) - 16
     x1 = ((qs >> 4) | h1).astype(np.int8) - 16
-    return np.concatenate([x0, x1], axis=1).astype(np.float32) * d[:, None]
+    return np.concatenate([x0, x1], axis=1), d
+
+
+def _deq_q5_0(b: np.ndarray) -> np.ndarray:  # [n, 22]
+    q, d = _int_q5_0(b)
+    return q.astype(np.float32) * d[:, None]
 
 
 def _scale_min_k4(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -445,6 +457,27 @@ _DEQUANT = {
 }
 
 SUPPORTED_TYPES = tuple(t.name for t in _DEQUANT) + tuple(v[0] for v in EXTRA_TYPES.values())
+
+
+# Types whose blocks are 32 integers that fit int8 times one f16 scale: the CPU engine keeps
+# these as block-scaled int8 (engine/linear.py BlockInt8), exactly what they dequantize to.
+_BLOCK_INT8 = {
+    GGMLQuantizationType.Q8_0: _int_q8_0,
+    GGMLQuantizationType.Q4_0: _int_q4_0,
+    GGMLQuantizationType.Q5_0: _int_q5_0,
+}
+BLOCK_INT8_TYPES = tuple(int(t) for t in _BLOCK_INT8)
+
+
+def block_int8(raw: np.ndarray, type_id: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """A 2-D Q8_0 / Q4_0 / Q5_0 tensor as (q int8 (rows, K), d float32 (rows, K / 32)) with
+    ``q * d`` (per 32-block) equal, bit for bit, to ``dequantize(raw, type_id, shape)``."""
+    rows, K = shape
+    fn = _BLOCK_INT8[GGMLQuantizationType(type_id)]
+    _, tsize = block_info(type_id)
+    q, d = fn(np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1, tsize))
+    return (np.ascontiguousarray(q.reshape(rows, K), np.int8),
+            np.ascontiguousarray(d.reshape(rows, K // 32), np.float32))
 
 
 def dequantize(raw: np.ndarray, type_id: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -3,6 +3,8 @@
 Two storages on the CPU:
 
 - ``Dense``: float32 W, one BLAS call. Exact (what the GGUF dequantizes to).
+- ``BlockInt8``: the GGUF's Q8_0 / Q5_0 / Q4_0 blocks as int8 plus a float32 scale per 32
+  weights: exact, 1.125 bytes a weight; what ``auto`` storage uses wherever the file allows.
 - ``RowInt16``: W ≈ q * s[:, None] with q int16 and one float32 scale per row (|error| ≤ s/2,
   i.e. 2^-16 of the row's largest weight — 256x finer than the Q8_0 rounding the default
   model's token embedding already carries). Half the bytes of float32. Up to ROW_LOOP_MAX
@@ -319,6 +321,92 @@ class RowInt16:
     def apply_serial(self, x: np.ndarray) -> np.ndarray:
         """apply() in the calling thread only: for products of ~1 MB, where handing half to the
         crew and waiting for it (~50 µs) costs more than it saves (the MTP assistant's step)."""
+        x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+        out = np.empty((x2.shape[0], self.q.shape[0]), np.float32)
+        self._range(x2, out, 0, self.q.shape[0])
+        return out.reshape(*x.shape[:-1], self.q.shape[0])
+
+
+class BlockInt8:
+    """The GGUF's own Q8_0 / Q5_0 / Q4_0 blocks, unpacked: q int8 (out, in) and d float32
+    (out, in / 32), W = q * d per 32-block, bit for bit what the file dequantizes to (an int8
+    times a widened f16 is exact in float32). 1.125 bytes a weight against RowInt16's 2: the
+    default model's tied LM head (Q8_0) streams 189 MB a token instead of 336 MB, its Q5_0
+    q/k/v and gate/up 73 MB instead of 129 MB. Decode and verification batches (<= ROW_LOOP_MAX
+    tokens) go through the native kernel (engine/native/rowint16.c, ts_blockint8_matmul:
+    batch-invariant like the int16 kernel); prefill and the NumPy fallback widen a row tile to
+    float32 (the exact weights) and use BLAS. Reference: ``x @ self.dense().T``."""
+
+    TILE_ELEMS = RowInt16.TILE_ELEMS
+
+    def __init__(self, q: np.ndarray, d: np.ndarray):
+        if q.ndim != 2 or d.shape != (q.shape[0], q.shape[1] // 32) or q.shape[1] % 32:
+            raise ValueError(f"BlockInt8: q {q.shape} and d {d.shape} do not form 32-blocks")
+        self.q = q
+        self.d = d
+        self.shape = q.shape
+        self._native_ok = (q.dtype == np.int8 and q.flags.c_contiguous
+                           and d.dtype == np.float32 and d.flags.c_contiguous)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.q.nbytes + self.d.nbytes)
+
+    def _widen(self, q: np.ndarray, d: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """out (n, K) float32 = q * d per block (exact)."""
+        n, K = q.shape
+        o3 = out.reshape(n, K // 32, 32)
+        np.copyto(o3, q.reshape(n, K // 32, 32), casting="unsafe")
+        np.multiply(o3, d[:, :, None], out=o3)
+        return out
+
+    def dense(self) -> np.ndarray:
+        return self._widen(self.q, self.d, np.empty(self.q.shape, np.float32))
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx)
+        flat = idx.reshape(-1)
+        out = self._widen(self.q[flat], self.d[flat], np.empty((flat.size, self.q.shape[1]), np.float32))
+        return out.reshape(*idx.shape, self.q.shape[1])
+
+    def score_rows(self, idx: np.ndarray, h: np.ndarray) -> np.ndarray:
+        """rows(idx) @ h: the MTP head's routed candidates scored with the target's rows."""
+        idx = np.asarray(idx).reshape(-1)
+        lib = native.library() if self._native_ok else None
+        if lib is not None:
+            return native.blockint8_gather(lib, self.q, self.d, idx, h)
+        return self.score_rows_numpy(idx, h)
+
+    def score_rows_numpy(self, idx: np.ndarray, h: np.ndarray) -> np.ndarray:
+        out = np.empty(idx.size, np.float32)
+        h = np.asarray(h, np.float32)
+        for a in range(0, idx.size, 512):
+            b = min(a + 512, idx.size)
+            np.matmul(self.rows(idx[a:b]), h, out=out[a:b])
+        return out
+
+    @property
+    def tile_rows(self) -> int:
+        return max(16, self.TILE_ELEMS // self.q.shape[1] // 16 * 16)
+
+    def _range(self, x: np.ndarray, out: np.ndarray, r0: int, r1: int) -> None:
+        if x.shape[0] <= ROW_LOOP_MAX and self._native_ok:
+            lib = native.library()
+            if lib is not None:
+                native.blockint8_matmul(lib, self.q, self.d, x, out, r0, r1)
+                return
+        tile = self.tile_rows
+        buf = np.empty((tile, self.q.shape[1]), np.float32)
+        for a in range(r0, r1, tile):
+            b = min(a + tile, r1)
+            t = self._widen(self.q[a:b], self.d[a:b], buf[: b - a])
+            _product(t, x, out[:, a:b])
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        native_path = self._native_ok and native.library() is not None
+        return _parallel_rows(self._range, x, self.q.shape[0], NATIVE_PARALLEL_MIN_WEIGHTS if native_path else None)
+
+    def apply_serial(self, x: np.ndarray) -> np.ndarray:
         x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
         out = np.empty((x2.shape[0], self.q.shape[0]), np.float32)
         self._range(x2, out, 0, self.q.shape[0])

@@ -1,7 +1,8 @@
 """Prepared weights and the on-disk weight cache.
 
 The first start of a model dequantizes its tensors into the storage the engine computes with
-(float32 norms, fused linear weights as float32 or row-scaled int16) and saves them as .npy
+(float32 norms, fused linear weights as the GGUF's own int8 blocks, row-scaled int16 or float32)
+and saves them as .npy
 files under ``cache_dir()/<sha256 of the GGUF>/``; later starts memory-map them (a warm start
 reads nothing until the first token touches the pages). Entries are written to a temporary
 name and renamed, so an interrupted first start leaves no half-written entry.
@@ -21,18 +22,20 @@ from pathlib import Path
 import numpy as np
 
 from turbospec.engine.gguf import GGUFFile
-from turbospec.engine.linear import Dense, RowInt16, quantize_rows_int16
+from turbospec.engine.linear import BlockInt8, Dense, RowInt16, quantize_rows_int16
 from turbospec.errors import UserError
 from turbospec.paths import cache_dir
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: auto keeps Q8_0 / Q5_0 / Q4_0 matrices as block int8
 INT16_MIN_ELEMENTS = 1 << 18  # smaller matrices stay float32 (exact; their bytes do not matter)
 
 
 @dataclass(frozen=True)
 class StoragePolicy:
     """How linear weights are stored: ``f32`` (exact), ``i16`` (row-scaled int16), ``auto``
-    (int16 for matrices of at least INT16_MIN_ELEMENTS weights, float32 below)."""
+    (for matrices of at least INT16_MIN_ELEMENTS weights: the file's own int8 blocks where every
+    source is Q8_0 / Q5_0 / Q4_0 — exact, 1.125 bytes a weight — else row-scaled int16; float32
+    below)."""
 
     linear: str = "auto"
 
@@ -102,6 +105,16 @@ class WeightStore:
             raw = np.concatenate([self.gguf.raw(n) for n in e.sources], axis=0)
             shape = (sum(i.shape[0] for i in infos), infos[0].shape[1])
             return {"tq": np.ascontiguousarray(raw), "tqmeta": np.array([next(iter(tids)), *shape], np.int64)}
+        from turbospec.engine.gguf import BLOCK_INT8_TYPES, block_int8
+
+        n_el = sum(i.n_elements for i in infos)
+        if (self.policy.linear == "auto" and n_el >= INT16_MIN_ELEMENTS and tids <= set(BLOCK_INT8_TYPES)
+                and all(len(i.shape) == 2 and i.shape[1] == infos[0].shape[1] for i in infos)
+                and infos[0].shape[1] % 32 == 0):
+            qs, ds = zip(*(block_int8(self.gguf.raw(n), i.type_id, tuple(i.shape))
+                           for n, i in zip(e.sources, infos, strict=True)), strict=True)
+            return {"q8": np.concatenate(qs, axis=0) if len(qs) > 1 else qs[0],
+                    "d8": np.concatenate(ds, axis=0) if len(ds) > 1 else ds[0]}
         parts = [self.gguf.dequantize(n) for n in e.sources]
         w = np.ascontiguousarray(np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0], np.float32)
         if self.policy.kind(w.size) == "i16":
@@ -113,7 +126,7 @@ class WeightStore:
         return {f: self.dir / f"{key}.{f}.npy" for f in fields}
 
     def _load_cached(self, key: str) -> dict[str, np.ndarray] | None:
-        for fields in (("w",), ("q", "s"), ("tq", "tqmeta")):
+        for fields in (("w",), ("q", "s"), ("q8", "d8"), ("tq", "tqmeta")):
             paths = self._paths(key, fields)
             if all(p.exists() for p in paths.values()):
                 try:
@@ -201,6 +214,8 @@ class WeightStore:
             return TQLinear(np.asarray(a["tq"]), tid, (n_out, n_in))  # type: ignore[index]
         # plain ndarray views of the memory maps: np.memmap slicing costs ~3 µs a call in
         # __array_finalize__, and the products slice per tile
+        if "q8" in a:  # type: ignore[operator]
+            return BlockInt8(np.asarray(a["q8"]), np.asarray(a["d8"]))  # type: ignore[index]
         if "q" in a:  # type: ignore[operator]
             return RowInt16(np.asarray(a["q"]), np.asarray(a["s"]))  # type: ignore[index]
         return Dense(np.asarray(a["w"]))  # type: ignore[index]

@@ -24,7 +24,7 @@ import numpy as np
 
 from turbospec.engine.gguf import GGUFFile
 from turbospec.engine.kv.cache import KVCache, KVConfig
-from turbospec.engine.linear import Dense, RowInt16
+from turbospec.engine.linear import BlockInt8, Dense, RowInt16
 from turbospec.engine.weights import Entry, WeightStore
 from turbospec.errors import UserError
 
@@ -122,14 +122,14 @@ def rope_neox(x: np.ndarray, pos: np.ndarray, base: float, tables=None) -> np.nd
 @dataclass
 class Block:
     attn_norm: np.ndarray
-    attn_qkv: Dense | RowInt16
+    attn_qkv: Dense | RowInt16 | BlockInt8
     attn_q_norm: np.ndarray
     attn_k_norm: np.ndarray
-    attn_output: Dense | RowInt16
+    attn_output: Dense | RowInt16 | BlockInt8
     post_attention_norm: np.ndarray
     ffn_norm: np.ndarray
-    ffn_gate_up: Dense | RowInt16
-    ffn_down: Dense | RowInt16
+    ffn_gate_up: Dense | RowInt16 | BlockInt8
+    ffn_down: Dense | RowInt16 | BlockInt8
     post_ffw_norm: np.ndarray
 
 

@@ -1,4 +1,5 @@
-/* rowint16.c — the CPU engine's native product over row-scaled int16 weights.
+/* rowint16.c — the CPU engine's native products over row-scaled int16 weights (and, at the end of
+ * the file, over the GGUF's block-scaled int8 blocks).
  *
  *   out[t * ldo + r] = s[r] * sum_k q[r * K + k] * x[t * K + k]      r in [r0, r1), t in [0, T)
  *
@@ -45,7 +46,7 @@
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #define PREFETCH(p) _mm_prefetch((const char*)(p), _MM_HINT_T0)
 #else
-#define PREFETCH(p) ((void)0)
+#define PREFETCH(p) ((void)(p))
 #endif
 #define TBLK 4 /* tokens per pass over a row (2 sets x 4 tokens = 8 accumulators in registers). Rows go
  * one at a time: two rows interleaved (each x chunk loaded into a register once for both) ran at
@@ -60,6 +61,9 @@ static inline acc_t load_w(const int16_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i*)p)));
 }
 static inline acc_t fma_x(acc_t w, const float* x, acc_t a) { return _mm512_fmadd_ps(w, _mm512_loadu_ps(x), a); }
+static inline acc_t load_w8(const int8_t* p, float d) {
+  return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p))), _mm512_set1_ps(d));
+}
 static inline acc_t acc_add(acc_t a, acc_t b) { return _mm512_add_ps(a, b); }
 static inline float hsum(acc_t a) {
   __m256 lo = _mm512_castps512_ps256(a);
@@ -84,6 +88,12 @@ static inline acc_t fma_x(acc_t w, const float* x, acc_t a) {
   acc_t r = {_mm256_fmadd_ps(w.lo, _mm256_loadu_ps(x), a.lo), _mm256_fmadd_ps(w.hi, _mm256_loadu_ps(x + 8), a.hi)};
   return r;
 }
+static inline acc_t load_w8(const int8_t* p, float d) {
+  __m256 dv = _mm256_set1_ps(d);
+  acc_t a = {_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p))), dv),
+             _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(p + 8)))), dv)};
+  return a;
+}
 static inline acc_t acc_add(acc_t a, acc_t b) {
   acc_t r = {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)};
   return r;
@@ -101,6 +111,11 @@ static inline float hsum(acc_t a) {
 typedef struct { float v[LANES]; } acc_t;
 static inline acc_t acc_zero(void) { acc_t a; for (int l = 0; l < LANES; l++) a.v[l] = 0.f; return a; }
 static inline acc_t load_w(const int16_t* p) { acc_t a; for (int l = 0; l < LANES; l++) a.v[l] = (float)p[l]; return a; }
+static inline acc_t load_w8(const int8_t* p, float d) {
+  acc_t a;
+  for (int l = 0; l < LANES; l++) a.v[l] = (float)p[l] * d;
+  return a;
+}
 static inline acc_t fma_x(acc_t w, const float* x, acc_t a) {
   for (int l = 0; l < LANES; l++) a.v[l] = fmaf(w.v[l], x[l], a.v[l]);
   return a;
@@ -211,4 +226,84 @@ void ts_rowint16_gather(const int16_t* q, const float* s, long K_, const int64_t
       for (size_t l = 0; l < LANES; l++) wt[l] = l < rem ? qr[kfull + l] : 0;
     k_1(qr, K, kfull, rem ? wt : NULL, h, ht, s[idx[i]], out + i, 1, qr);
   }
+}
+
+
+/* ---- block-scaled int8: the GGUF's own Q8_0 / Q5_0 / Q4_0 blocks, exact ------------------------
+ *
+ *   out[t * ldo + r] = sum_b sum_{k in block b} (q[r * K + k] * d[r * nb + b]) * x[t * K + k]
+ *
+ * q int8 (rows, K), d float32 (rows, K / 32): the values a Q8_0 (or Q5_0, Q4_0) block holds
+ * and its f16 scale widened. q * d is exact in float32 (8-bit integer x 11-bit mantissa), so each
+ * weight the kernel multiplies is bit for bit what the GGUF dequantizes to. NumPy reference:
+ * ``x @ (q * repeat(d, 32, axis=1)).T`` (engine/linear.py BlockInt8, tests/engine/test_native.py).
+ * Same batch invariance as above: per block, chunk 0 (k = 32b..32b+15) to set a and chunk 1 to
+ * set b, one FMA each in ascending k, then a + b and the lane tree; the T tokens share the scaled
+ * weights but never an accumulator. K must be a multiple of 32 (the caller checks).
+ *
+ * Napkin math, the default model's tied LM head (Q8_0, 262144 x 640): 168 MB of int8 + 21 MB of
+ * scales = 189 MB a token against 336 MB as int16, so a DRAM-bound T = 1 should take ~56% of the
+ * int16 kernel's time; each extra token still adds 168M FMAs (two per 32 weights, as above) plus
+ * nothing for the int8 -> float32 widening and the scale (paid once per row, whatever T is). */
+#define KERNEL8(NT)                                                                                   \
+  static void k8_##NT(const int8_t* q, const float* d, size_t nb, const float* x, size_t K, float* o,   \
+                      size_t ldo, const int8_t* pf) {                                                 \
+    acc_t a[NT], b[NT];                                                                               \
+    for (int t = 0; t < NT; t++) a[t] = b[t] = acc_zero();                                            \
+    for (size_t j = 0; j < nb; j++) {                                                                 \
+      const size_t k = j * 2 * LANES;                                                                 \
+      acc_t w0 = load_w8(q + k, d[j]), w1 = load_w8(q + k + LANES, d[j]);                             \
+      if (NT >= 2 && !(j & 1)) PREFETCH(pf + k); /* one 64-byte line per two blocks */                \
+      for (int t = 0; t < NT; t++) {                                                                  \
+        a[t] = fma_x(w0, x + t * K + k, a[t]);                                                        \
+        b[t] = fma_x(w1, x + t * K + k + LANES, b[t]);                                                \
+      }                                                                                               \
+    }                                                                                                 \
+    for (int t = 0; t < NT; t++) o[t * ldo] = hsum(acc_add(a[t], b[t]));                              \
+  }
+
+KERNEL8(1) KERNEL8(2) KERNEL8(3) KERNEL8(4)
+
+typedef void (*k8fn)(const int8_t*, const float*, size_t, const float*, size_t, float*, size_t, const int8_t*);
+static const k8fn KERNELS8[TBLK] = {k8_1, k8_2, k8_3, k8_4};
+
+/* Rows [r0, r1) of out (T rows of ldo floats) = x (T, K) @ (q * d per 32-block).T. Returns 0, or
+ * -1 when K is not a multiple of 32 or T > 32 (the caller's NumPy path). */
+int ts_blockint8_matmul(const int8_t* q, const float* d, long K_, const float* x, long T_, float* out, long ldo_,
+                        long r0, long r1) {
+  const size_t K = (size_t)K_, T = (size_t)T_, ldo = (size_t)ldo_;
+  if (K % (2 * LANES) || T > 32) return -1;
+  const size_t nb = K / (2 * LANES);
+  for (long r = r0; r < r1; r++) {
+    const int8_t* qr = q + (size_t)r * K;
+    const float* dr = d + (size_t)r * nb;
+    for (size_t t0 = 0; t0 < T; t0 += TBLK) {
+      const size_t nt = T - t0 < TBLK ? T - t0 : TBLK;
+      KERNELS8[nt - 1](qr, dr, nb, x + t0 * K, K, out + t0 * ldo + (size_t)r, ldo,
+                       t0 == 0 && r + PF_ROWS < r1 ? qr + PF_ROWS * K : qr);
+    }
+  }
+  return 0;
+}
+
+/* out[i] = (q[idx[i]] * d[idx[i]]) . h for i < n (the MTP head's routed candidates), with the
+ * row and its scales prefetched GATHER_PF candidates ahead (scattered rows, see above). */
+int ts_blockint8_gather(const int8_t* q, const float* d, long K_, const int64_t* idx, long n, const float* h,
+                        float* out) {
+  const size_t K = (size_t)K_;
+  if (K % (2 * LANES)) return -1;
+  const size_t nb = K / (2 * LANES);
+  for (long i = 0; i < n; i++) {
+    const int8_t* qr = q + (size_t)idx[i] * K;
+#if GATHER_PF
+    if (i + GATHER_PF < n) {
+      const char* p = (const char*)(q + (size_t)idx[i + GATHER_PF] * K);
+      for (size_t b = 0; b < K; b += 64) PREFETCH(p + b);
+      const char* pd = (const char*)(d + (size_t)idx[i + GATHER_PF] * nb);
+      for (size_t b = 0; b < nb * sizeof(float); b += 64) PREFETCH(pd + b);
+    }
+#endif
+    k8_1(qr, d + (size_t)idx[i] * nb, nb, h, K, out + i, 1, qr);
+  }
+  return 0;
 }

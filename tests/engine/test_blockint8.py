@@ -1,0 +1,153 @@
+"""Block-scaled int8 weights (the GGUF's Q8_0 / Q5_0 / Q4_0 blocks kept as int8 + a float32
+scale per 32): the unpacking is bit-exact against both dequantizers, the native kernel matches
+the float64 reference and is batch-, slot- and split-invariant, its ISA builds agree bit for bit,
+and ``auto`` storage puts such matrices on it (a tiny model's logits stay at the exact weights')."""
+
+import gguf
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as Q
+from test_native import build_variant
+from tinymodel import Reference
+
+from turbospec.engine import linear, native, weights
+from turbospec.engine.gguf import block_int8, dequantize
+from turbospec.engine.linear import BlockInt8, RowInt16
+
+needs_native = pytest.mark.skipif(native.library() is None, reason=f"native kernels unavailable: {native.status()}")
+
+
+def quantized(rng, rows, k, qtype):
+    w = (rng.standard_normal((rows, k)) * rng.uniform(0.01, 2.0, (rows, 1))).astype(np.float32)
+    return gguf.quants.quantize(w, qtype)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q5_0, Q.Q4_0])
+def test_unpacking_is_exact(qtype):
+    rng = np.random.default_rng()
+    raw = quantized(rng, 37, 96, qtype)
+    q, d = block_int8(raw, int(qtype), (37, 96))
+    assert q.dtype == np.int8 and d.dtype == np.float32 and d.shape == (37, 3)
+    w = BlockInt8(q, d).dense()
+    want = gguf.quants.dequantize(raw, qtype).reshape(37, 96).astype(np.float32)
+    assert np.array_equal(w.view(np.uint32), want.view(np.uint32))
+    assert np.array_equal(w, dequantize(raw, int(qtype), (37, 96)))
+    idx = rng.integers(0, 37, (4, 5))
+    assert np.array_equal(BlockInt8(q, d).rows(idx), want[idx])
+
+
+def rand_block(rng, rows, k):
+    q = rng.integers(-128, 128, (rows, k), dtype=np.int8)
+    d = (rng.uniform(1e-4, 1e-2, (rows, k // 32)) * rng.choice([-1, 1], (rows, k // 32))).astype(np.float32)
+    return q, d
+
+
+def product(lib, q, d, x, splits=None):
+    out = np.full((x.shape[0], q.shape[0]), np.nan, np.float32)
+    for r0, r1 in splits or [(0, q.shape[0])]:
+        native.blockint8_matmul(lib, q, d, np.ascontiguousarray(x), out, r0, r1)
+    return out
+
+
+@needs_native
+@pytest.mark.parametrize("k", [640, 2048, 32, 96])
+def test_kernel_matches_reference(k):
+    rng = np.random.default_rng()
+    lib = native.library()
+    q, d = rand_block(rng, 45, k)
+    ref_w = BlockInt8(q, d).dense().astype(np.float64)
+    for t in (1, 2, 3, 4, 5, 8, 9, 32):
+        x = rng.standard_normal((t, k)).astype(np.float32)
+        got = product(lib, q, d, x)
+        want = x.astype(np.float64) @ ref_w.T
+        # one rounding per chunk FMA and per tree level (the weights themselves are exact)
+        bound = (k // 16 + 6) * 2.0**-24 * (np.abs(x).astype(np.float64) @ np.abs(ref_w).T)
+        assert np.all(np.abs(got - want) <= bound), (k, t)
+
+
+@needs_native
+def test_batch_slot_and_split_invariance():
+    rng = np.random.default_rng()
+    lib = native.library()
+    q, d = rand_block(rng, 61, 192)
+    x = rng.standard_normal((9, 192)).astype(np.float32)
+    alone = [product(lib, q, d, x[r : r + 1])[0] for r in range(9)]
+    for t in range(1, 10):
+        batch = product(lib, q, d, x[:t], splits=[(0, 7), (7, 8), (8, 61)])
+        for r in range(t):
+            assert np.array_equal(batch[r], alone[r]), (t, r)
+            other = rng.standard_normal((t, 192)).astype(np.float32)
+            slot = int(rng.integers(t))
+            other[slot] = x[r]
+            assert np.array_equal(product(lib, q, d, other)[slot], alone[r]), (t, r, slot)
+
+
+@needs_native
+def test_gather_and_apply(monkeypatch):
+    """The routed-head gather gives the matmul's bits for those rows; apply through the crew
+    equals its tokens one by one for any worker count; the NumPy fallback agrees to rounding."""
+    rng = np.random.default_rng()
+    lib = native.library()
+    q, d = rand_block(rng, 3000, 640)
+    lin = BlockInt8(q, d)
+    assert lin._native_ok
+    h = rng.standard_normal(640).astype(np.float32)
+    idx = rng.choice(3000, 700, replace=False)
+    assert np.array_equal(native.blockint8_gather(lib, q, d, idx, h), product(lib, q, d, h[None])[0][idx])
+    assert np.array_equal(lin.score_rows(idx, h), product(lib, q, d, h[None])[0][idx])
+    want = None
+    for workers in (1, 2, 3):
+        monkeypatch.setattr(linear, "_N_WORKERS", workers)
+        x = rng.standard_normal((6, 640)).astype(np.float32)
+        batch = lin.apply(x)
+        for r in range(6):
+            assert np.array_equal(batch[r], lin.apply(x[r : r + 1])[0])
+        assert np.array_equal(lin.apply_serial(x), batch)
+        want = x.astype(np.float64) @ lin.dense().astype(np.float64).T
+        np.testing.assert_allclose(batch, want, rtol=1e-4, atol=1e-4)
+    try:
+        monkeypatch.setenv("TURBOSPEC_NATIVE", "0")
+        native.reset()
+        np.testing.assert_allclose(lin.apply(x), want, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(lin.score_rows(idx, h), lin.dense()[idx] @ h, rtol=1e-4, atol=1e-4)
+    finally:
+        monkeypatch.undo()
+        native.reset()
+
+
+@needs_native
+@pytest.mark.parametrize("arch,isa", [((), "portable"), (("-mavx2", "-mfma"), "avx2")])
+def test_vector_builds_agree_with_portable_build(arch, isa):
+    other = build_variant(arch, isa, ("avx2", "fma"), "ts_rowint16_isa")
+    lib = native.library()
+    rng = np.random.default_rng()
+    q, d = rand_block(rng, 300, 640)
+    x = rng.standard_normal((6, 640)).astype(np.float32)
+    assert np.array_equal(product(lib, q, d, x), product(other, q, d, x))
+    idx = rng.choice(300, 50, replace=False)
+    assert np.array_equal(native.blockint8_gather(lib, q, d, idx, x[0]), native.blockint8_gather(other, q, d, idx, x[0]))
+
+
+def test_auto_storage_uses_the_blocks(tiny_gguf, monkeypatch, tmp_path):
+    """With the size threshold lowered, the tiny model's Q8_0 head becomes BlockInt8 (mixed-type
+    fused matrices stay int16); its logits are the exact weights' (f32 storage) to float32
+    rounding, closer than int16 storage gets, and a cached start loads the same arrays back."""
+    from turbospec.engine.loader import load_model
+
+    monkeypatch.setattr(weights, "INT16_MIN_ELEMENTS", 1 << 10)
+    monkeypatch.setenv("TURBOSPEC_CACHE_DIR", str(tmp_path))
+    m = load_model(tiny_gguf, quiet=True)
+    assert isinstance(m.output, BlockInt8)
+    assert isinstance(m.blk[0].attn_qkv, RowInt16)  # F16 q + Q8_0 k + F32 v: not all blocks
+    exact = load_model(tiny_gguf, storage="f32", quiet=True)
+    toks = [2, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110]
+    got, _ = m.forward(toks, m.new_cache(), logits_rows="all")
+    want, _ = Reference(tiny_gguf).forward(toks)
+    ex, _ = exact.forward(toks, exact.new_cache(), logits_rows="all")
+    assert float(np.max(np.abs(got - want)) / np.max(np.abs(want))) < 2e-3
+    np.testing.assert_allclose(m.output.apply(np.ones((1, 64), np.float32)),
+                               exact.output.apply(np.ones((1, 64), np.float32)), rtol=1e-5, atol=1e-5)
+    again = load_model(tiny_gguf, quiet=True)
+    assert isinstance(again.output, BlockInt8) and isinstance(again.output.q, np.ndarray)
+    assert np.array_equal(again.output.q, m.output.q) and np.array_equal(again.output.d, m.output.d)
+    assert ex.shape == got.shape

@@ -125,7 +125,8 @@ def test_vector_builds_agree_with_portable_build(arch, isa):
     x = rng.standard_normal((6, 640)).astype(np.float32)
     assert np.array_equal(product(lib, q, d, x), product(other, q, d, x))
     idx = rng.choice(300, 50, replace=False)
-    assert np.array_equal(native.blockint8_gather(lib, q, d, idx, x[0]), native.blockint8_gather(other, q, d, idx, x[0]))
+    g = native.blockint8_gather
+    assert np.array_equal(g(lib, q, d, idx, x[0]), g(other, q, d, idx, x[0]))
 
 
 def test_auto_storage_uses_the_blocks(tiny_gguf, monkeypatch, tmp_path):
@@ -143,11 +144,9 @@ def test_auto_storage_uses_the_blocks(tiny_gguf, monkeypatch, tmp_path):
     toks = [2, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110]
     got, _ = m.forward(toks, m.new_cache(), logits_rows="all")
     want, _ = Reference(tiny_gguf).forward(toks)
-    ex, _ = exact.forward(toks, exact.new_cache(), logits_rows="all")
     assert float(np.max(np.abs(got - want)) / np.max(np.abs(want))) < 2e-3
     np.testing.assert_allclose(m.output.apply(np.ones((1, 64), np.float32)),
                                exact.output.apply(np.ones((1, 64), np.float32)), rtol=1e-5, atol=1e-5)
     again = load_model(tiny_gguf, quiet=True)
     assert isinstance(again.output, BlockInt8) and isinstance(again.output.q, np.ndarray)
     assert np.array_equal(again.output.q, m.output.q) and np.array_equal(again.output.d, m.output.d)
-    assert ex.shape == got.shape

@@ -327,6 +327,35 @@ class RowInt16:
         return out.reshape(*x.shape[:-1], self.q.shape[0])
 
 
+def block_int8_exact(w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """w (out, in) as block int8 (q int8, d float32 per 32) when that is exact — a matrix
+    dequantized from Q8_0 (or Q5_0, Q4_0) is, since a block's largest |value| is a small
+    integer times its f16 scale — else None. The candidate scale is the block's max |w| / 127
+    (Q8_0) or the largest divisor that still gives integers (tried: 127, 15, 16, 7, 8)."""
+    w = np.asarray(w, np.float32)
+    if w.ndim != 2 or w.shape[1] % 32 or w.size == 0:
+        return None
+    b = w.reshape(w.shape[0], -1, 32)
+    amax = np.abs(b).max(axis=2)
+    best_q = np.zeros(b.shape, np.int8)
+    best_d = np.zeros(amax.shape, np.float32)
+    todo = amax > 0
+    for m in (127.0, 16.0, 15.0, 8.0, 7.0):
+        if not todo.any():
+            break
+        d = (amax / np.float32(m)).astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            qf = np.rint(b / np.where(d > 0, d, 1)[:, :, None])
+        ok = todo & (np.abs(qf) <= 128).all(axis=2) & ((qf.astype(np.float32) * d[:, :, None]) == b).all(axis=2)
+        ok &= (qf >= -128).all(axis=2) & (qf <= 127).all(axis=2)
+        best_q[ok] = qf[ok].astype(np.int8)
+        best_d[ok] = d[ok]
+        todo &= ~ok
+    if todo.any():
+        return None
+    return best_q.reshape(w.shape), best_d
+
+
 class BlockInt8:
     """The GGUF's own Q8_0 / Q5_0 / Q4_0 blocks, unpacked: q int8 (out, in) and d float32
     (out, in / 32), W = q * d per 32-block, bit for bit what the file dequantizes to (an int8

@@ -193,13 +193,16 @@ def expected_shapes(c: AssistantConfig) -> dict[str, tuple[int, ...]]:
 
 
 def _one_vector_product(w: np.ndarray):
-    """x -> w @ x: row-scaled int16 on the native kernel for large matrices, else float32."""
+    """x -> w @ x for large matrices on the native kernels in the calling thread: block int8
+    where that holds w exactly (the shipped assistant's q8_0 matrices: 1.125 bytes a weight),
+    else row-scaled int16; small matrices, or no native kernels, float32."""
     from turbospec.engine import native
-    from turbospec.engine.linear import RowInt16, quantize_rows_int16
+    from turbospec.engine.linear import BlockInt8, RowInt16, block_int8_exact, quantize_rows_int16
     from turbospec.engine.weights import INT16_MIN_ELEMENTS
 
     if w.ndim == 2 and w.size >= INT16_MIN_ELEMENTS and native.library() is not None:
-        lin = RowInt16(*quantize_rows_int16(w))
+        blocks = block_int8_exact(w)
+        lin = BlockInt8(*blocks) if blocks is not None else RowInt16(*quantize_rows_int16(w))
         return lambda x: lin.apply_serial(np.asarray(x, np.float32)[None])[0]
     return lambda x: w @ x
 

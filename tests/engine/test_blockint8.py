@@ -150,3 +150,36 @@ def test_auto_storage_uses_the_blocks(tiny_gguf, monkeypatch, tmp_path):
     again = load_model(tiny_gguf, quiet=True)
     assert isinstance(again.output, BlockInt8) and isinstance(again.output.q, np.ndarray)
     assert np.array_equal(again.output.q, m.output.q) and np.array_equal(again.output.d, m.output.d)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q5_0, Q.Q4_0])
+def test_exact_block_detection(qtype):
+    """A matrix dequantized from Q8_0 / Q5_0 / Q4_0 is recovered as blocks that reproduce it bit
+    for bit (the assistant's q8_0 matrices take this path); a float matrix is not."""
+    from turbospec.engine.linear import block_int8_exact
+
+    rng = np.random.default_rng()
+    w = gguf.quants.dequantize(quantized(rng, 40, 128, qtype), qtype).reshape(40, 128).astype(np.float32)
+    w[3, :32] = 0.0  # an all-zero block
+    got = block_int8_exact(w)
+    assert got is not None
+    assert np.array_equal(BlockInt8(*got).dense(), w)
+    assert block_int8_exact(rng.standard_normal((8, 64)).astype(np.float32)) is None
+    assert block_int8_exact(w[:, :100]) is None  # not whole blocks
+
+
+@needs_native
+def test_assistant_q8_matrices_run_as_blocks():
+    from turbospec.engine.models.gemma4_assistant import _one_vector_product
+    from turbospec.engine.weights import INT16_MIN_ELEMENTS
+
+    rng = np.random.default_rng()
+    rows = INT16_MIN_ELEMENTS // 640 + 3
+    w = gguf.quants.dequantize(quantized(rng, rows, 640, Q.Q8_0), Q.Q8_0).reshape(rows, 640).astype(np.float32)
+    x = rng.standard_normal(640).astype(np.float32)
+    got = _one_vector_product(w)(x)
+    from turbospec.engine.linear import block_int8_exact
+
+    q, d = block_int8_exact(w)
+    lib = native.library()
+    assert np.array_equal(got, product(lib, q, d, x[None])[0])

@@ -404,20 +404,25 @@ def _scale_min_k4(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sc.astype(np.float32), mn.astype(np.float32)
 
 
-def _deq_q4_k(b: np.ndarray) -> np.ndarray:  # [n, 144] -> [n, 256]
+def _int_q4_k(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # [n, 144]
+    """(q 0..15 int8 [n, 256], d*sc [n, 8], dmin*m [n, 8]): w = q * (d*sc) - dmin*m per 32."""
     d = _f16(b[:, 0:2])
     dmin = _f16(b[:, 2:4])
     sc, mn = _scale_min_k4(b[:, 4:16])
     qs = b[:, 16:144].reshape(-1, 4, 32)  # 4 chunks of 64 values, 32 bytes each
-    lo = (qs & 0x0F).astype(np.float32)  # values 0..31 of the chunk: sub-block 2c
-    hi = (qs >> 4).astype(np.float32)  # values 32..63: sub-block 2c+1
-    q = np.stack([lo, hi], axis=2).reshape(-1, 8, 32)  # [n, sub-block, 32]
-    dl = (d[:, None] * sc)[:, :, None]
-    ml = (dmin[:, None] * mn)[:, :, None]
-    return (dl * q - ml).reshape(-1, 256)
+    lo = (qs & 0x0F).astype(np.int8)  # values 0..31 of the chunk: sub-block 2c
+    hi = (qs >> 4).astype(np.int8)  # values 32..63: sub-block 2c+1
+    q = np.stack([lo, hi], axis=2).reshape(-1, 256)
+    return q, d[:, None] * sc, dmin[:, None] * mn
 
 
-def _deq_q6_k(b: np.ndarray) -> np.ndarray:  # [n, 210] -> [n, 256]
+def _deq_q4_k(b: np.ndarray) -> np.ndarray:  # [n, 144] -> [n, 256]
+    q, dl, ml = _int_q4_k(b)
+    return (dl[:, :, None] * q.reshape(-1, 8, 32).astype(np.float32) - ml[:, :, None]).reshape(-1, 256)
+
+
+def _int_q6_k(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # [n, 210]
+    """(q -32..31 int8 [n, 256], d*sc [n, 16]): w = q * (d*sc) per 16."""
     ql = b[:, 0:128].reshape(-1, 2, 64)
     qh = b[:, 128:192].reshape(-1, 2, 32)
     sc = b[:, 192:208].view(np.int8).astype(np.float32).reshape(-1, 2, 8)
@@ -427,9 +432,13 @@ def _deq_q6_k(b: np.ndarray) -> np.ndarray:  # [n, 210] -> [n, 256]
     q3 = (ql[:, :, 0:32] >> 4) | (((qh >> 4) & 3) << 4)
     q4 = (ql[:, :, 32:64] >> 4) | (((qh >> 6) & 3) << 4)
     q = np.stack([q1, q2, q3, q4], axis=2).astype(np.int8) - 32  # [n, half, 4 quarters, 32]
-    q = q.astype(np.float32).reshape(-1, 2, 4, 2, 16)  # 16-value sub-blocks
-    s = sc.reshape(-1, 2, 4, 2)[..., None]  # scale index = 2*quarter + l//16 within the half
-    return (d[:, None, None, None, None] * s * q).reshape(-1, 256)
+    # 16-value groups in order (half, quarter, l // 16); scale index = 2*quarter + l//16 within the half
+    return q.reshape(-1, 256), d[:, None] * sc.reshape(-1, 16)
+
+
+def _deq_q6_k(b: np.ndarray) -> np.ndarray:  # [n, 210] -> [n, 256]
+    q, s = _int_q6_k(b)
+    return (s[:, :, None] * q.reshape(-1, 16, 16).astype(np.float32)).reshape(-1, 256)
 
 
 def _deq_f16(b: np.ndarray) -> np.ndarray:
@@ -459,25 +468,36 @@ _DEQUANT = {
 SUPPORTED_TYPES = tuple(t.name for t in _DEQUANT) + tuple(v[0] for v in EXTRA_TYPES.values())
 
 
-# Types whose blocks are 32 integers that fit int8 times one f16 scale: the CPU engine keeps
-# these as block-scaled int8 (engine/linear.py BlockInt8), exactly what they dequantize to.
+# Types whose blocks unpack to int8 values times a float32 scale (minus a minimum) per group of
+# 16 or 32: the CPU engine keeps these as int8 (engine/linear.py BlockInt8), exactly what they
+# dequantize to. (function, group size)
 _BLOCK_INT8 = {
-    GGMLQuantizationType.Q8_0: _int_q8_0,
-    GGMLQuantizationType.Q4_0: _int_q4_0,
-    GGMLQuantizationType.Q5_0: _int_q5_0,
+    GGMLQuantizationType.Q8_0: (_int_q8_0, 32),
+    GGMLQuantizationType.Q4_0: (_int_q4_0, 32),
+    GGMLQuantizationType.Q5_0: (_int_q5_0, 32),
+    GGMLQuantizationType.Q4_K: (_int_q4_k, 32),
+    GGMLQuantizationType.Q6_K: (_int_q6_k, 16),
 }
 BLOCK_INT8_TYPES = tuple(int(t) for t in _BLOCK_INT8)
 
 
-def block_int8(raw: np.ndarray, type_id: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """A 2-D Q8_0 / Q4_0 / Q5_0 tensor as (q int8 (rows, K), d float32 (rows, K / 32)) with
-    ``q * d`` (per 32-block) equal, bit for bit, to ``dequantize(raw, type_id, shape)``."""
+def block_int8_group(type_id: int) -> int:
+    return _BLOCK_INT8[GGMLQuantizationType(type_id)][1]
+
+
+def block_int8(raw: np.ndarray, type_id: int,
+               shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A 2-D tensor of a BLOCK_INT8_TYPES type as (q int8 (rows, K), d float32 (rows, K / G),
+    m float32 (rows, K / G) or None) with ``q * d - m`` per group of G, computed in float32,
+    equal bit for bit to ``dequantize(raw, type_id, shape)``."""
     rows, K = shape
-    fn = _BLOCK_INT8[GGMLQuantizationType(type_id)]
+    fn, G = _BLOCK_INT8[GGMLQuantizationType(type_id)]
     _, tsize = block_info(type_id)
-    q, d = fn(np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1, tsize))
-    return (np.ascontiguousarray(q.reshape(rows, K), np.int8),
-            np.ascontiguousarray(d.reshape(rows, K // 32), np.float32))
+    parts = fn(np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1, tsize))
+    q = np.ascontiguousarray(parts[0].reshape(rows, K), np.int8)
+    d = np.ascontiguousarray(parts[1].reshape(rows, K // G), np.float32)
+    m = np.ascontiguousarray(parts[2].reshape(rows, K // G), np.float32) if len(parts) > 2 else None
+    return q, d, m
 
 
 def dequantize(raw: np.ndarray, type_id: int, shape: tuple[int, ...]) -> np.ndarray:

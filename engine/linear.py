@@ -3,8 +3,9 @@
 Two storages on the CPU:
 
 - ``Dense``: float32 W, one BLAS call. Exact (what the GGUF dequantizes to).
-- ``BlockInt8``: the GGUF's Q8_0 / Q5_0 / Q4_0 blocks as int8 plus a float32 scale per 32
-  weights: exact, 1.125 bytes a weight; what ``auto`` storage uses wherever the file allows.
+- ``BlockInt8``: the GGUF's Q8_0 / Q5_0 / Q4_0 / Q4_K / Q6_K blocks as int8 plus a float32
+  scale (and minimum) per 16 or 32 weights: exact, 1.125-1.25 bytes a weight; what ``auto``
+  storage uses wherever the file allows.
 - ``RowInt16``: W ≈ q * s[:, None] with q int16 and one float32 scale per row (|error| ≤ s/2,
   i.e. 2^-16 of the row's largest weight — 256x finer than the Q8_0 rounding the default
   model's token embedding already carries). Half the bytes of float32. Up to ROW_LOOP_MAX
@@ -357,45 +358,54 @@ def block_int8_exact(w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 class BlockInt8:
-    """The GGUF's own Q8_0 / Q5_0 / Q4_0 blocks, unpacked: q int8 (out, in) and d float32
-    (out, in / 32), W = q * d per 32-block, bit for bit what the file dequantizes to (an int8
-    times a widened f16 is exact in float32). 1.125 bytes a weight against RowInt16's 2: the
-    default model's tied LM head (Q8_0) streams 189 MB a token instead of 336 MB, its Q5_0
-    q/k/v and gate/up 73 MB instead of 129 MB. Decode and verification batches (<= ROW_LOOP_MAX
-    tokens) go through the native kernel (engine/native/rowint16.c, ts_blockint8_matmul:
-    batch-invariant like the int16 kernel); prefill and the NumPy fallback widen a row tile to
-    float32 (the exact weights) and use BLAS. Reference: ``x @ self.dense().T``."""
+    """The GGUF's own blocks, unpacked to int8: W = q * d - m per group of G = 16 or 32 weights
+    (q int8 (out, in); d and m float32 (out, in / G); m None when the type has no minimum). Q8_0 /
+    Q5_0 / Q4_0 (G = 32, no m: an int8 times a widened f16, exact), Q4_K (G = 32, 0..15 times
+    d*sc minus dmin*m) and Q6_K (G = 16): each weight formed with the float32 operations the
+    dequantizer uses, so bit for bit what the file dequantizes to. 1.125 bytes a weight for Q8_0
+    (against RowInt16's 2): the default model's tied LM head streams 189 MB a token instead of
+    336 MB; Q4_K / Q6_K 1.25. Decode and verification batches (<= ROW_LOOP_MAX tokens) go through
+    the native kernel (engine/native/rowint16.c, ts_blockint8_matmul: batch-invariant like the
+    int16 kernel); prefill and the NumPy fallback widen a row tile to float32 (the exact weights)
+    and use BLAS. Reference: ``x @ self.dense().T``."""
 
     TILE_ELEMS = RowInt16.TILE_ELEMS
 
-    def __init__(self, q: np.ndarray, d: np.ndarray):
-        if q.ndim != 2 or d.shape != (q.shape[0], q.shape[1] // 32) or q.shape[1] % 32:
-            raise ValueError(f"BlockInt8: q {q.shape} and d {d.shape} do not form 32-blocks")
-        self.q = q
-        self.d = d
+    def __init__(self, q: np.ndarray, d: np.ndarray, m: np.ndarray | None = None):
+        G = q.shape[1] // d.shape[1] if q.ndim == 2 and d.ndim == 2 and d.shape[1] else 0
+        if (q.ndim != 2 or G not in (16, 32) or d.shape != (q.shape[0], q.shape[1] // G) or q.shape[1] % 32
+                or (m is not None and m.shape != d.shape)):
+            raise ValueError(f"BlockInt8: q {q.shape}, d {d.shape} and m {None if m is None else m.shape} "
+                             "do not form groups of 16 or 32")
+        self.q, self.d, self.m, self.group = q, d, m, G
         self.shape = q.shape
-        self._native_ok = (q.dtype == np.int8 and q.flags.c_contiguous
-                           and d.dtype == np.float32 and d.flags.c_contiguous)
+        self._native_ok = (q.dtype == np.int8 and q.flags.c_contiguous and d.dtype == np.float32
+                           and d.flags.c_contiguous
+                           and (m is None or (m.dtype == np.float32 and m.flags.c_contiguous)))
 
     @property
     def nbytes(self) -> int:
-        return int(self.q.nbytes + self.d.nbytes)
+        return int(self.q.nbytes + self.d.nbytes + (0 if self.m is None else self.m.nbytes))
 
-    def _widen(self, q: np.ndarray, d: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """out (n, K) float32 = q * d per block (exact)."""
+    def _widen(self, q: np.ndarray, d: np.ndarray, m: np.ndarray | None, out: np.ndarray) -> np.ndarray:
+        """out (n, K) float32 = q * d - m per group (the dequantizer's two roundings)."""
         n, K = q.shape
-        o3 = out.reshape(n, K // 32, 32)
-        np.copyto(o3, q.reshape(n, K // 32, 32), casting="unsafe")
+        G = self.group
+        o3 = out.reshape(n, K // G, G)
+        np.copyto(o3, q.reshape(n, K // G, G), casting="unsafe")
         np.multiply(o3, d[:, :, None], out=o3)
+        if m is not None:
+            np.subtract(o3, m[:, :, None], out=o3)
         return out
 
     def dense(self) -> np.ndarray:
-        return self._widen(self.q, self.d, np.empty(self.q.shape, np.float32))
+        return self._widen(self.q, self.d, self.m, np.empty(self.q.shape, np.float32))
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx)
-        flat = idx.reshape(-1)
-        out = self._widen(self.q[flat], self.d[flat], np.empty((flat.size, self.q.shape[1]), np.float32))
+        f = idx.reshape(-1)
+        out = self._widen(self.q[f], self.d[f], None if self.m is None else self.m[f],
+                          np.empty((f.size, self.q.shape[1]), np.float32))
         return out.reshape(*idx.shape, self.q.shape[1])
 
     def score_rows(self, idx: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -403,7 +413,7 @@ class BlockInt8:
         idx = np.asarray(idx).reshape(-1)
         lib = native.library() if self._native_ok else None
         if lib is not None:
-            return native.blockint8_gather(lib, self.q, self.d, idx, h)
+            return native.blockint8_gather(lib, self.q, self.d, self.m, idx, h)
         return self.score_rows_numpy(idx, h)
 
     def score_rows_numpy(self, idx: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -422,13 +432,13 @@ class BlockInt8:
         if x.shape[0] <= ROW_LOOP_MAX and self._native_ok:
             lib = native.library()
             if lib is not None:
-                native.blockint8_matmul(lib, self.q, self.d, x, out, r0, r1)
+                native.blockint8_matmul(lib, self.q, self.d, self.m, x, out, r0, r1)
                 return
         tile = self.tile_rows
         buf = np.empty((tile, self.q.shape[1]), np.float32)
         for a in range(r0, r1, tile):
             b = min(a + tile, r1)
-            t = self._widen(self.q[a:b], self.d[a:b], buf[: b - a])
+            t = self._widen(self.q[a:b], self.d[a:b], None if self.m is None else self.m[a:b], buf[: b - a])
             _product(t, x, out[:, a:b])
 
     def apply(self, x: np.ndarray) -> np.ndarray:

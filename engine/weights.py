@@ -26,16 +26,16 @@ from turbospec.engine.linear import BlockInt8, Dense, RowInt16, quantize_rows_in
 from turbospec.errors import UserError
 from turbospec.paths import cache_dir
 
-CACHE_FORMAT = 3  # 3: auto keeps Q8_0 / Q5_0 / Q4_0 matrices as block int8
+CACHE_FORMAT = 4  # 4: auto keeps Q8_0 / Q5_0 / Q4_0 / Q4_K / Q6_K matrices as block int8
 INT16_MIN_ELEMENTS = 1 << 18  # smaller matrices stay float32 (exact; their bytes do not matter)
 
 
 @dataclass(frozen=True)
 class StoragePolicy:
     """How linear weights are stored: ``f32`` (exact), ``i16`` (row-scaled int16), ``auto``
-    (for matrices of at least INT16_MIN_ELEMENTS weights: the file's own int8 blocks where every
-    source is Q8_0 / Q5_0 / Q4_0 — exact, 1.125 bytes a weight — else row-scaled int16; float32
-    below)."""
+    (for matrices of at least INT16_MIN_ELEMENTS weights: the file's own blocks as int8 where
+    every source is Q8_0 / Q5_0 / Q4_0 / Q4_K / Q6_K with one group size — exact, 1.125-1.25
+    bytes a weight — else row-scaled int16; float32 below)."""
 
     linear: str = "auto"
 
@@ -105,16 +105,19 @@ class WeightStore:
             raw = np.concatenate([self.gguf.raw(n) for n in e.sources], axis=0)
             shape = (sum(i.shape[0] for i in infos), infos[0].shape[1])
             return {"tq": np.ascontiguousarray(raw), "tqmeta": np.array([next(iter(tids)), *shape], np.int64)}
-        from turbospec.engine.gguf import BLOCK_INT8_TYPES, block_int8
+        from turbospec.engine.gguf import BLOCK_INT8_TYPES, block_int8, block_int8_group
 
         n_el = sum(i.n_elements for i in infos)
         if (self.policy.linear == "auto" and n_el >= INT16_MIN_ELEMENTS and tids <= set(BLOCK_INT8_TYPES)
+                and len({block_int8_group(t) for t in tids}) == 1
                 and all(len(i.shape) == 2 and i.shape[1] == infos[0].shape[1] for i in infos)
                 and infos[0].shape[1] % 32 == 0):
-            qs, ds = zip(*(block_int8(self.gguf.raw(n), i.type_id, tuple(i.shape))
-                           for n, i in zip(e.sources, infos, strict=True)), strict=True)
-            return {"q8": np.concatenate(qs, axis=0) if len(qs) > 1 else qs[0],
-                    "d8": np.concatenate(ds, axis=0) if len(ds) > 1 else ds[0]}
+            got = [block_int8(self.gguf.raw(n), i.type_id, tuple(i.shape))
+                   for n, i in zip(e.sources, infos, strict=True)]
+            out = {"q8": np.concatenate([g[0] for g in got]), "d8": np.concatenate([g[1] for g in got])}
+            if any(g[2] is not None for g in got):  # a minimum in some source: zeros for the others
+                out["m8"] = np.concatenate([g[2] if g[2] is not None else np.zeros_like(g[1]) for g in got])
+            return out
         parts = [self.gguf.dequantize(n) for n in e.sources]
         w = np.ascontiguousarray(np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0], np.float32)
         if self.policy.kind(w.size) == "i16":
@@ -129,6 +132,8 @@ class WeightStore:
         for fields in (("w",), ("q", "s"), ("q8", "d8"), ("tq", "tqmeta")):
             paths = self._paths(key, fields)
             if all(p.exists() for p in paths.values()):
+                if fields == ("q8", "d8") and (self.dir / f"{key}.m8.npy").exists():
+                    paths["m8"] = self.dir / f"{key}.m8.npy"
                 try:
                     return {f: np.load(p, mmap_mode="r") for f, p in paths.items()}
                 except (OSError, ValueError):
@@ -215,7 +220,8 @@ class WeightStore:
         # plain ndarray views of the memory maps: np.memmap slicing costs ~3 µs a call in
         # __array_finalize__, and the products slice per tile
         if "q8" in a:  # type: ignore[operator]
-            return BlockInt8(np.asarray(a["q8"]), np.asarray(a["d8"]))  # type: ignore[index]
+            m = np.asarray(a["m8"]) if "m8" in a else None  # type: ignore[operator,index]
+            return BlockInt8(np.asarray(a["q8"]), np.asarray(a["d8"]), m)  # type: ignore[index]
         if "q" in a:  # type: ignore[operator]
             return RowInt16(np.asarray(a["q"]), np.asarray(a["s"]))  # type: ignore[index]
         return Dense(np.asarray(a["w"]))  # type: ignore[index]

@@ -117,9 +117,9 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.ts_rowint16_gather.argtypes = [P, P, L, P, L, P, P]
     lib.ts_rowint16_gather.restype = None
     lib.ts_rowint16_isa.restype = ctypes.c_char_p
-    lib.ts_blockint8_matmul.argtypes = [P, P, L, P, L, P, L, L, L]
+    lib.ts_blockint8_matmul.argtypes = [P, P, P, L, L, P, L, P, L, L, L]
     lib.ts_blockint8_matmul.restype = ctypes.c_int
-    lib.ts_blockint8_gather.argtypes = [P, P, L, P, L, P, P]
+    lib.ts_blockint8_gather.argtypes = [P, P, P, L, L, P, L, P, P]
     lib.ts_blockint8_gather.restype = ctypes.c_int
     lib.ts_f16_to_f32.argtypes = [P, P, L]
     lib.ts_f16_to_f32.restype = None
@@ -188,23 +188,30 @@ def rowint16_gather(lib: ctypes.CDLL, q: np.ndarray, s: np.ndarray, idx: np.ndar
     return out
 
 
-def blockint8_matmul(lib: ctypes.CDLL, q: np.ndarray, d: np.ndarray, x: np.ndarray, out: np.ndarray,
-                     r0: int, r1: int) -> None:
-    """Rows [r0, r1) of ``out`` (T, rows) = x (T, K) @ (q * d per 32-block).T. C-contiguous
-    arrays: q int8 (rows, K), d float32 (rows, K / 32), x and out float32; K % 32 == 0, T <= 32."""
+def blockint8_matmul(lib: ctypes.CDLL, q: np.ndarray, d: np.ndarray, m: np.ndarray | None, x: np.ndarray,
+                     out: np.ndarray, r0: int, r1: int) -> None:
+    """Rows [r0, r1) of ``out`` (T, rows) = x (T, K) @ w.T, w = q * d - m per group of
+    G = K / d.shape[1] (16 or 32). C-contiguous arrays: q int8 (rows, K), d and m (or None)
+    float32 (rows, K / G), x and out float32; K % 32 == 0, T <= 32."""
     T, K = x.shape
-    rc = lib.ts_blockint8_matmul(_ptr(q), _ptr(d), K, _ptr(x), T, _ptr(out), out.shape[1], r0, r1)
+    G = K // d.shape[1]
+    rc = lib.ts_blockint8_matmul(_ptr(q), _ptr(d), None if m is None else _ptr(m), G, K, _ptr(x), T, _ptr(out),
+                                 out.shape[1], r0, r1)
     if rc:
-        raise ValueError(f"ts_blockint8_matmul: K = {K} must be a multiple of 32 and T = {T} at most 32")
+        raise ValueError(f"ts_blockint8_matmul: K = {K} (a multiple of 32), G = {G} (16 or 32), T = {T} (<= 32)")
 
 
-def blockint8_gather(lib: ctypes.CDLL, q: np.ndarray, d: np.ndarray, idx: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """(q[idx] * d[idx] per 32-block) @ h for int64 row ids ``idx`` (in range); h float32 (K,)."""
+def blockint8_gather(lib: ctypes.CDLL, q: np.ndarray, d: np.ndarray, m: np.ndarray | None, idx: np.ndarray,
+                     h: np.ndarray) -> np.ndarray:
+    """w[idx] @ h for int64 row ids ``idx`` (in range), w as in blockint8_matmul; h float32 (K,)."""
     idx = np.ascontiguousarray(idx, np.int64).reshape(-1)
     h = np.ascontiguousarray(h, np.float32)
     out = np.empty(idx.size, np.float32)
-    if lib.ts_blockint8_gather(_ptr(q), _ptr(d), q.shape[1], _ptr(idx), idx.size, _ptr(h), _ptr(out)):
-        raise ValueError(f"ts_blockint8_gather: K = {q.shape[1]} must be a multiple of 32")
+    K = q.shape[1]
+    G = K // d.shape[1]
+    if lib.ts_blockint8_gather(_ptr(q), _ptr(d), None if m is None else _ptr(m), G, K, _ptr(idx), idx.size, _ptr(h),
+                               _ptr(out)):
+        raise ValueError(f"ts_blockint8_gather: K = {K} (a multiple of 32), G = {G} (16 or 32)")
     return out
 
 

@@ -65,6 +65,7 @@ static inline acc_t load_w8(const int8_t* p, float d) {
   return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p))), _mm512_set1_ps(d));
 }
 static inline acc_t acc_add(acc_t a, acc_t b) { return _mm512_add_ps(a, b); }
+static inline acc_t acc_sub1(acc_t a, float m) { return _mm512_sub_ps(a, _mm512_set1_ps(m)); }
 static inline float hsum(acc_t a) {
   __m256 lo = _mm512_castps512_ps256(a);
   __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
@@ -98,6 +99,11 @@ static inline acc_t acc_add(acc_t a, acc_t b) {
   acc_t r = {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)};
   return r;
 }
+static inline acc_t acc_sub1(acc_t a, float m) {
+  __m256 mv = _mm256_set1_ps(m);
+  acc_t r = {_mm256_sub_ps(a.lo, mv), _mm256_sub_ps(a.hi, mv)};
+  return r;
+}
 
 static inline float hsum(acc_t a) {
   __m256 s8 = _mm256_add_ps(a.lo, a.hi);
@@ -122,6 +128,10 @@ static inline acc_t fma_x(acc_t w, const float* x, acc_t a) {
 }
 static inline acc_t acc_add(acc_t a, acc_t b) {
   for (int l = 0; l < LANES; l++) a.v[l] = a.v[l] + b.v[l];
+  return a;
+}
+static inline acc_t acc_sub1(acc_t a, float m) {
+  for (int l = 0; l < LANES; l++) a.v[l] = a.v[l] - m;
   return a;
 }
 
@@ -229,31 +239,35 @@ void ts_rowint16_gather(const int16_t* q, const float* s, long K_, const int64_t
 }
 
 
-/* ---- block-scaled int8: the GGUF's own Q8_0 / Q5_0 / Q4_0 blocks, exact ------------------------
+/* ---- block-scaled int8: the GGUF's own blocks, exact -------------------------------------------
  *
- *   out[t * ldo + r] = sum_b sum_{k in block b} (q[r * K + k] * d[r * nb + b]) * x[t * K + k]
+ *   w[r, k] = q[r, k] * d[r, k / G] - m[r, k / G]      (m = NULL: no minimum)
+ *   out[t * ldo + r] = sum_k w[r, k] * x[t * K + k]
  *
- * q int8 (rows, K), d float32 (rows, K / 32): the values a Q8_0 (or Q5_0, Q4_0) block holds
- * and its f16 scale widened. q * d is exact in float32 (8-bit integer x 11-bit mantissa), so each
- * weight the kernel multiplies is bit for bit what the GGUF dequantizes to. NumPy reference:
- * ``x @ (q * repeat(d, 32, axis=1)).T`` (engine/linear.py BlockInt8, tests/engine/test_native.py).
- * Same batch invariance as above: per block, chunk 0 (k = 32b..32b+15) to set a and chunk 1 to
- * set b, one FMA each in ascending k, then a + b and the lane tree; the T tokens share the scaled
- * weights but never an accumulator. K must be a multiple of 32 (the caller checks).
+ * q int8 (rows, K), d and m float32 (rows, K / G), G = 16 or 32: Q8_0 / Q5_0 / Q4_0 (G = 32, an
+ * int8 times its f16 scale, no minimum), Q4_K (G = 32: 0..15 times d * sc minus dmin * m) and
+ * Q6_K (G = 16: -32..31 times d * sc). Each weight is formed with the float32 operations the
+ * NumPy dequantizer performs (one product, one difference; the build has -ffp-contract=off), so
+ * the kernel multiplies bit for bit what the GGUF dequantizes to. NumPy reference:
+ * ``x @ BlockInt8.dense().T`` (engine/linear.py, tests/engine/test_blockint8.py).
+ * Same batch invariance as above: chunk c (16 values) to accumulator set c % 2, one FMA each in
+ * ascending k, then a + b and the lane tree; the T tokens share the formed weights but never an
+ * accumulator. K must be a multiple of 32 (the caller checks).
  *
  * Napkin math, the default model's tied LM head (Q8_0, 262144 x 640): 168 MB of int8 + 21 MB of
- * scales = 189 MB a token against 336 MB as int16, so a DRAM-bound T = 1 should take ~56% of the
- * int16 kernel's time; each extra token still adds 168M FMAs (two per 32 weights, as above) plus
- * nothing for the int8 -> float32 widening and the scale (paid once per row, whatever T is). */
-#define KERNEL8(NT)                                                                                   \
-  static void k8_##NT(const int8_t* q, const float* d, size_t nb, const float* x, size_t K, float* o,   \
-                      size_t ldo, const int8_t* pf) {                                                 \
+ * scales = 189 MB a token against 336 MB as int16 (measured 9.8 -> 6.0 ms at T = 1, 2 threads);
+ * its Q4_K / Q6_K attn_output and ffn_down: 1.25 bytes a weight against 2. An extra token adds
+ * two FMAs per 32 weights; widening and scaling are paid once per row whatever T is. */
+#define KERNEL8(NT, MIN)                                                                              \
+  static void k8_##NT##_##MIN(const int8_t* q, const float* d, const float* m, unsigned gs, size_t K,   \
+                              const float* x, float* o, size_t ldo, const int8_t* pf) {               \
     acc_t a[NT], b[NT];                                                                               \
     for (int t = 0; t < NT; t++) a[t] = b[t] = acc_zero();                                            \
-    for (size_t j = 0; j < nb; j++) {                                                                 \
-      const size_t k = j * 2 * LANES;                                                                 \
-      acc_t w0 = load_w8(q + k, d[j]), w1 = load_w8(q + k + LANES, d[j]);                             \
-      if (NT >= 2 && !(j & 1)) PREFETCH(pf + k); /* one 64-byte line per two blocks */                \
+    for (size_t k = 0; k < K; k += 2 * LANES) {                                                       \
+      const size_t g0 = k >> gs, g1 = (k + LANES) >> gs;                                              \
+      acc_t w0 = load_w8(q + k, d[g0]), w1 = load_w8(q + k + LANES, d[g1]);                           \
+      if (MIN) { w0 = acc_sub1(w0, m[g0]); w1 = acc_sub1(w1, m[g1]); }                                \
+      if (NT >= 2 && !(k & 32)) PREFETCH(pf + k); /* one 64-byte line per 64 weights */              \
       for (int t = 0; t < NT; t++) {                                                                  \
         a[t] = fma_x(w0, x + t * K + k, a[t]);                                                        \
         b[t] = fma_x(w1, x + t * K + k + LANES, b[t]);                                                \
@@ -262,48 +276,56 @@ void ts_rowint16_gather(const int16_t* q, const float* s, long K_, const int64_t
     for (int t = 0; t < NT; t++) o[t * ldo] = hsum(acc_add(a[t], b[t]));                              \
   }
 
-KERNEL8(1) KERNEL8(2) KERNEL8(3) KERNEL8(4)
+KERNEL8(1, 0) KERNEL8(2, 0) KERNEL8(3, 0) KERNEL8(4, 0)
+KERNEL8(1, 1) KERNEL8(2, 1) KERNEL8(3, 1) KERNEL8(4, 1)
 
-typedef void (*k8fn)(const int8_t*, const float*, size_t, const float*, size_t, float*, size_t, const int8_t*);
-static const k8fn KERNELS8[TBLK] = {k8_1, k8_2, k8_3, k8_4};
+typedef void (*k8fn)(const int8_t*, const float*, const float*, unsigned, size_t, const float*, float*, size_t,
+                     const int8_t*);
+static const k8fn KERNELS8[2][TBLK] = {{k8_1_0, k8_2_0, k8_3_0, k8_4_0}, {k8_1_1, k8_2_1, k8_3_1, k8_4_1}};
 
-/* Rows [r0, r1) of out (T rows of ldo floats) = x (T, K) @ (q * d per 32-block).T. Returns 0, or
- * -1 when K is not a multiple of 32 or T > 32 (the caller's NumPy path). */
-int ts_blockint8_matmul(const int8_t* q, const float* d, long K_, const float* x, long T_, float* out, long ldo_,
-                        long r0, long r1) {
+static int group_shift(long G) { return G == 16 ? 4 : G == 32 ? 5 : -1; }
+
+/* Rows [r0, r1) of out (T rows of ldo floats) = x (T, K) @ w.T. Returns 0, or -1 when K is not a
+ * multiple of 32, G is not 16 or 32, or T > 32 (the caller's NumPy path). */
+int ts_blockint8_matmul(const int8_t* q, const float* d, const float* m, long G, long K_, const float* x, long T_,
+                        float* out, long ldo_, long r0, long r1) {
   const size_t K = (size_t)K_, T = (size_t)T_, ldo = (size_t)ldo_;
-  if (K % (2 * LANES) || T > 32) return -1;
-  const size_t nb = K / (2 * LANES);
+  const int gs = group_shift(G);
+  if (K % (2 * LANES) || gs < 0 || T > 32) return -1;
+  const size_t ng = K / (size_t)G;
+  const k8fn* ks = KERNELS8[m != NULL];
   for (long r = r0; r < r1; r++) {
     const int8_t* qr = q + (size_t)r * K;
-    const float* dr = d + (size_t)r * nb;
+    const float* dr = d + (size_t)r * ng;
+    const float* mr = m ? m + (size_t)r * ng : NULL;
     for (size_t t0 = 0; t0 < T; t0 += TBLK) {
       const size_t nt = T - t0 < TBLK ? T - t0 : TBLK;
-      KERNELS8[nt - 1](qr, dr, nb, x + t0 * K, K, out + t0 * ldo + (size_t)r, ldo,
-                       t0 == 0 && r + PF_ROWS < r1 ? qr + PF_ROWS * K : qr);
+      ks[nt - 1](qr, dr, mr, (unsigned)gs, K, x + t0 * K, out + t0 * ldo + (size_t)r, ldo,
+                 t0 == 0 && r + PF_ROWS < r1 ? qr + PF_ROWS * K : qr);
     }
   }
   return 0;
 }
 
-/* out[i] = (q[idx[i]] * d[idx[i]]) . h for i < n (the MTP head's routed candidates), with the
- * row and its scales prefetched GATHER_PF candidates ahead (scattered rows, see above). */
-int ts_blockint8_gather(const int8_t* q, const float* d, long K_, const int64_t* idx, long n, const float* h,
-                        float* out) {
+/* out[i] = w[idx[i]] . h for i < n (the MTP head's routed candidates), with the row and its
+ * scales prefetched GATHER_PF candidates ahead (scattered rows, see above). */
+int ts_blockint8_gather(const int8_t* q, const float* d, const float* m, long G, long K_, const int64_t* idx, long n,
+                        const float* h, float* out) {
   const size_t K = (size_t)K_;
-  if (K % (2 * LANES)) return -1;
-  const size_t nb = K / (2 * LANES);
+  const int gs = group_shift(G);
+  if (K % (2 * LANES) || gs < 0) return -1;
+  const size_t ng = K / (size_t)G;
+  const k8fn k1 = KERNELS8[m != NULL][0];
   for (long i = 0; i < n; i++) {
-    const int8_t* qr = q + (size_t)idx[i] * K;
+    const size_t r = (size_t)idx[i];
 #if GATHER_PF
     if (i + GATHER_PF < n) {
-      const char* p = (const char*)(q + (size_t)idx[i + GATHER_PF] * K);
-      for (size_t b = 0; b < K; b += 64) PREFETCH(p + b);
-      const char* pd = (const char*)(d + (size_t)idx[i + GATHER_PF] * nb);
-      for (size_t b = 0; b < nb * sizeof(float); b += 64) PREFETCH(pd + b);
+      const size_t rn = (size_t)idx[i + GATHER_PF];
+      for (size_t b = 0; b < K; b += 64) PREFETCH((const char*)(q + rn * K) + b);
+      for (size_t b = 0; b < ng * sizeof(float); b += 64) PREFETCH((const char*)(d + rn * ng) + b);
     }
 #endif
-    k8_1(qr, d + (size_t)idx[i] * nb, nb, h, K, out + i, 1, qr);
+    k1(q + r * K, d + r * ng, m ? m + r * ng : NULL, (unsigned)gs, K, h, out + i, 1, q + r * K);
   }
   return 0;
 }

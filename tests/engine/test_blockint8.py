@@ -22,43 +22,83 @@ def quantized(rng, rows, k, qtype):
     return gguf.quants.quantize(w, qtype)
 
 
-@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q5_0, Q.Q4_0])
+def raw_blocks(rng, rows, k, qtype):
+    """Quantized rows: gguf's own quantizer where it has one, else random bytes with finite f16
+    scales (every byte pattern is a valid K-quant block)."""
+    if qtype in (Q.Q8_0, Q.Q5_0, Q.Q4_0):
+        return quantized(rng, rows, k, qtype)
+    bs, ts = gguf.GGML_QUANT_SIZES[qtype]
+    raw = rng.integers(0, 256, (rows, k // bs, ts), dtype=np.uint8)
+    f16 = lambda n: (rng.standard_normal(n) * 0.01).astype(np.float16).view(np.uint8).reshape(-1, 2)  # noqa: E731
+    if qtype == Q.Q4_K:  # d, dmin first
+        raw[..., 0:2] = f16(rows * k // bs).reshape(rows, k // bs, 2)
+        raw[..., 2:4] = f16(rows * k // bs).reshape(rows, k // bs, 2)
+    else:  # Q6_K: d last
+        raw[..., ts - 2 : ts] = f16(rows * k // bs).reshape(rows, k // bs, 2)
+    return raw.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q5_0, Q.Q4_0, Q.Q4_K, Q.Q6_K])
 def test_unpacking_is_exact(qtype):
     rng = np.random.default_rng()
-    raw = quantized(rng, 37, 96, qtype)
-    q, d = block_int8(raw, int(qtype), (37, 96))
-    assert q.dtype == np.int8 and d.dtype == np.float32 and d.shape == (37, 3)
-    w = BlockInt8(q, d).dense()
-    want = gguf.quants.dequantize(raw, qtype).reshape(37, 96).astype(np.float32)
+    k = 512
+    raw = raw_blocks(rng, 37, k, qtype)
+    q, d, m = block_int8(raw, int(qtype), (37, k))
+    G = 16 if qtype == Q.Q6_K else 32
+    assert q.dtype == np.int8 and d.dtype == np.float32 and d.shape == (37, k // G)
+    assert (m is not None) == (qtype == Q.Q4_K)
+    lin = BlockInt8(q, d, m)
+    w = lin.dense()
+    want = gguf.quants.dequantize(raw, qtype).reshape(37, k).astype(np.float32)
     assert np.array_equal(w.view(np.uint32), want.view(np.uint32))
-    assert np.array_equal(w, dequantize(raw, int(qtype), (37, 96)))
+    assert np.array_equal(w, dequantize(raw, int(qtype), (37, k)))
     idx = rng.integers(0, 37, (4, 5))
-    assert np.array_equal(BlockInt8(q, d).rows(idx), want[idx])
+    assert np.array_equal(lin.rows(idx), want[idx])
 
 
-def rand_block(rng, rows, k):
+def test_default_model_tensors_unpack_exactly(default_model_path):
+    from turbospec.engine.gguf import GGUFFile
+
+    g = GGUFFile.open(default_model_path)
+    seen = set()
+    for name in ("token_embd.weight", "blk.0.attn_q.weight", "blk.0.attn_output.weight", "blk.0.ffn_down.weight",
+                 "blk.1.ffn_down.weight", "blk.0.attn_v.weight", "blk.1.attn_v.weight"):
+        t = g.info(name)
+        rows = slice(0, 64)
+        q, d, m = block_int8(g.raw(name)[rows], t.type_id, (64, t.shape[1]))
+        assert np.array_equal(BlockInt8(q, d, m).dense(), g.dequantize(name, rows)), name
+        seen.add(t.type_id)
+    assert seen >= {int(Q.Q8_0), int(Q.Q5_0), int(Q.Q4_K)}, seen
+
+
+def rand_block(rng, rows, k, G=32, with_min=False):
     q = rng.integers(-128, 128, (rows, k), dtype=np.int8)
-    d = (rng.uniform(1e-4, 1e-2, (rows, k // 32)) * rng.choice([-1, 1], (rows, k // 32))).astype(np.float32)
-    return q, d
+    d = (rng.uniform(1e-4, 1e-2, (rows, k // G)) * rng.choice([-1, 1], (rows, k // G))).astype(np.float32)
+    m = rng.uniform(-0.1, 0.1, (rows, k // G)).astype(np.float32) if with_min else None
+    return q, d, m
 
 
-def product(lib, q, d, x, splits=None):
+def product(lib, q, d, m, x, splits=None):
     out = np.full((x.shape[0], q.shape[0]), np.nan, np.float32)
     for r0, r1 in splits or [(0, q.shape[0])]:
-        native.blockint8_matmul(lib, q, d, np.ascontiguousarray(x), out, r0, r1)
+        native.blockint8_matmul(lib, q, d, m, np.ascontiguousarray(x), out, r0, r1)
     return out
 
 
+LAYOUTS = [(32, False), (32, True), (16, False), (16, True)]
+
+
 @needs_native
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("k", [640, 2048, 32, 96])
-def test_kernel_matches_reference(k):
+def test_kernel_matches_reference(k, layout):
     rng = np.random.default_rng()
     lib = native.library()
-    q, d = rand_block(rng, 45, k)
-    ref_w = BlockInt8(q, d).dense().astype(np.float64)
+    q, d, m = rand_block(rng, 45, k, *layout)
+    ref_w = BlockInt8(q, d, m).dense().astype(np.float64)
     for t in (1, 2, 3, 4, 5, 8, 9, 32):
         x = rng.standard_normal((t, k)).astype(np.float32)
-        got = product(lib, q, d, x)
+        got = product(lib, q, d, m, x)
         want = x.astype(np.float64) @ ref_w.T
         # one rounding per chunk FMA and per tree level (the weights themselves are exact)
         bound = (k // 16 + 6) * 2.0**-24 * (np.abs(x).astype(np.float64) @ np.abs(ref_w).T)
@@ -66,35 +106,37 @@ def test_kernel_matches_reference(k):
 
 
 @needs_native
-def test_batch_slot_and_split_invariance():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_batch_slot_and_split_invariance(layout):
     rng = np.random.default_rng()
     lib = native.library()
-    q, d = rand_block(rng, 61, 192)
+    q, d, m = rand_block(rng, 61, 192, *layout)
     x = rng.standard_normal((9, 192)).astype(np.float32)
-    alone = [product(lib, q, d, x[r : r + 1])[0] for r in range(9)]
+    alone = [product(lib, q, d, m, x[r : r + 1])[0] for r in range(9)]
     for t in range(1, 10):
-        batch = product(lib, q, d, x[:t], splits=[(0, 7), (7, 8), (8, 61)])
+        batch = product(lib, q, d, m, x[:t], splits=[(0, 7), (7, 8), (8, 61)])
         for r in range(t):
             assert np.array_equal(batch[r], alone[r]), (t, r)
             other = rng.standard_normal((t, 192)).astype(np.float32)
             slot = int(rng.integers(t))
             other[slot] = x[r]
-            assert np.array_equal(product(lib, q, d, other)[slot], alone[r]), (t, r, slot)
+            assert np.array_equal(product(lib, q, d, m, other)[slot], alone[r]), (t, r, slot)
 
 
 @needs_native
-def test_gather_and_apply(monkeypatch):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gather_and_apply(monkeypatch, layout):
     """The routed-head gather gives the matmul's bits for those rows; apply through the crew
     equals its tokens one by one for any worker count; the NumPy fallback agrees to rounding."""
     rng = np.random.default_rng()
     lib = native.library()
-    q, d = rand_block(rng, 3000, 640)
-    lin = BlockInt8(q, d)
+    q, d, m = rand_block(rng, 3000, 640, *layout)
+    lin = BlockInt8(q, d, m)
     assert lin._native_ok
     h = rng.standard_normal(640).astype(np.float32)
     idx = rng.choice(3000, 700, replace=False)
-    assert np.array_equal(native.blockint8_gather(lib, q, d, idx, h), product(lib, q, d, h[None])[0][idx])
-    assert np.array_equal(lin.score_rows(idx, h), product(lib, q, d, h[None])[0][idx])
+    assert np.array_equal(native.blockint8_gather(lib, q, d, m, idx, h), product(lib, q, d, m, h[None])[0][idx])
+    assert np.array_equal(lin.score_rows(idx, h), product(lib, q, d, m, h[None])[0][idx])
     want = None
     for workers in (1, 2, 3):
         monkeypatch.setattr(linear, "_N_WORKERS", workers)
@@ -121,12 +163,13 @@ def test_vector_builds_agree_with_portable_build(arch, isa):
     other = build_variant(arch, isa, ("avx2", "fma"), "ts_rowint16_isa")
     lib = native.library()
     rng = np.random.default_rng()
-    q, d = rand_block(rng, 300, 640)
-    x = rng.standard_normal((6, 640)).astype(np.float32)
-    assert np.array_equal(product(lib, q, d, x), product(other, q, d, x))
-    idx = rng.choice(300, 50, replace=False)
-    g = native.blockint8_gather
-    assert np.array_equal(g(lib, q, d, idx, x[0]), g(other, q, d, idx, x[0]))
+    for layout in LAYOUTS:
+        q, d, m = rand_block(rng, 300, 640, *layout)
+        x = rng.standard_normal((6, 640)).astype(np.float32)
+        assert np.array_equal(product(lib, q, d, m, x), product(other, q, d, m, x))
+        idx = rng.choice(300, 50, replace=False)
+        g = native.blockint8_gather
+        assert np.array_equal(g(lib, q, d, m, idx, x[0]), g(other, q, d, m, idx, x[0]))
 
 
 def test_auto_storage_uses_the_blocks(tiny_gguf, monkeypatch, tmp_path):
@@ -182,4 +225,4 @@ def test_assistant_q8_matrices_run_as_blocks():
 
     q, d = block_int8_exact(w)
     lib = native.library()
-    assert np.array_equal(got, product(lib, q, d, x[None])[0])
+    assert np.array_equal(got, product(lib, q, d, None, x[None])[0])

@@ -5,16 +5,17 @@ speedup ceiling it leaves speculative decoding at each block size.
 
 bench_spec.py's napkin math: a round that emits τ tokens runs at τ·c(1) / (c(B) + drafting),
 so with every draft accepted (τ = B) the speedup over plain decoding is at most
-B·c(1) / (c(B) + (B-1)·d), d = one draft step (``--draft-ms``, the MTP assistant's ~4-7 ms).
+B·c(1) / (c(B) + (B-1)·d), d = one draft step (``--draft-ms``; the MTP assistant's is ~3.5 ms on the CPU now).
 
-Napkin math, the LM head (262144 x 640 int16 rows = 336 MB), on the native kernel
-(engine/native/rowint16.c): one token is bound by DRAM (~9-11 ms at ~30-40 GB/s); each further
-token adds 168M FMAs over rows already in L1 — on this Zen 4 core, whose 512-bit FMAs run as two
-halves and load x for each, ~2-4 ms. Tokens share each row read but keep their own fixed summation
-order, so verification stays bit-identical to decoding alone. The rest of a token's cost in a
-batch is per-token work: attention (verification attends token by token, ~3 ms a token here), the
-small layer products' FMA passes, norms and RoPE. Measured 2026-12-04: c(T)/c(1) ≈ 1 + 0.23 (T-1)
-up to T = 4 (1.23 / 1.47 / 1.63), against 1 + 0.3 (T-1) for the NumPy tiles before.
+Napkin math, the LM head (262144 x 640 Q8_0 rows unpacked to int8 + float32 scales = 189 MB), on
+the native kernel (engine/native/rowint16.c, ts_blockint8_matmul): one token is bound by DRAM
+(~6 ms at ~30 GB/s); each further token adds 168M FMAs over rows already in L1 — on this Zen 4
+core, whose 512-bit FMAs run as two halves and load x for each, ~2-4 ms, now a larger share of
+a cheaper c(1). Tokens share each row read but keep their own fixed summation order, so
+verification stays bit-identical to decoding alone. The rest of a token's cost in a batch is
+per-token work: attention (verification attends token by token, ~2.5 ms a token here), the small
+layer products' FMA passes, norms and RoPE. Measured 2026-12-04 22:32: c(1) 18.9 ms, c(T)/c(1)
+1.27 / 1.51 / 1.93 for T = 2..4 (18:14, int16 kernel: c(1) 27.5 ms, 1.23 / 1.47 / 1.63).
 
 Method: the default model, a 58-token prompt prefilled, ``--warmup`` untimed rounds (the first
 passes over freshly mapped weights run up to 5x slower), then per repetition the forward of T

@@ -21,8 +21,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--weights",
         default="auto",
         choices=["auto", "f32", "i16"],
-        help="how linear weights are held in memory: f32 (exact), i16 (row-scaled int16, half the bytes), "
-        "auto (i16 for large matrices; default)",
+        help="how linear weights are held in memory: auto (default: the file's Q8_0/Q5_0/Q4_0/Q4_K/Q6_K "
+        "blocks as int8, exact; other large matrices row-scaled int16), i16 (row-scaled int16 everywhere), "
+        "f32 (exact, 4 bytes a weight)",
     )
     add_cache_args(p)
 

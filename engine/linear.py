@@ -249,12 +249,38 @@ def quantize_rows_int16(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, s
 
 
-class RowInt16:
-    """int16 weight with a float32 scale per output row; the native kernel for decode-sized
-    batches, else tiled cast + BLAS."""
+class _RowProducts:
+    """What the integer storages share: ``_range(x, out, r0, r1)`` (native kernel or widened
+    tiles) spread over the crew by ``apply``, or run in the calling thread by ``apply_serial``."""
 
     TILE_ELEMS = 1024 * 640  # a float32 tile of 2.6 MB (L2 is 1 MB here, L3 32 MB; 1024 rows measured
     # 10% faster than 512 on the LM head: fewer Python round trips)
+    q: np.ndarray
+    _native_ok: bool
+
+    def _range(self, x: np.ndarray, out: np.ndarray, r0: int, r1: int) -> None:
+        raise NotImplementedError
+
+    @property
+    def tile_rows(self) -> int:
+        return max(16, self.TILE_ELEMS // self.q.shape[1] // 16 * 16)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        native_path = self._native_ok and native.library() is not None
+        return _parallel_rows(self._range, x, self.q.shape[0], NATIVE_PARALLEL_MIN_WEIGHTS if native_path else None)
+
+    def apply_serial(self, x: np.ndarray) -> np.ndarray:
+        """apply() in the calling thread only: for products of ~1 MB, where handing half to the
+        crew and waiting for it (~50 µs) costs more than it saves (the MTP assistant's step)."""
+        x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+        out = np.empty((x2.shape[0], self.q.shape[0]), np.float32)
+        self._range(x2, out, 0, self.q.shape[0])
+        return out.reshape(*x.shape[:-1], self.q.shape[0])
+
+
+class RowInt16(_RowProducts):
+    """int16 weight with a float32 scale per output row; the native kernel for decode-sized
+    batches, else tiled cast + BLAS."""
 
     def __init__(self, q: np.ndarray, s: np.ndarray):
         self.q = q
@@ -296,10 +322,6 @@ class RowInt16:
         out *= self.s[idx]
         return out
 
-    @property
-    def tile_rows(self) -> int:
-        return max(16, self.TILE_ELEMS // self.q.shape[1] // 16 * 16)
-
     def _range(self, x: np.ndarray, out: np.ndarray, r0: int, r1: int) -> None:
         if x.shape[0] <= ROW_LOOP_MAX and self._native_ok:
             lib = native.library()
@@ -315,17 +337,6 @@ class RowInt16:
             _product(t, x, out[:, a:b])
         np.multiply(out[:, r0:r1], self.s[r0:r1], out=out[:, r0:r1])
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        native_path = self._native_ok and native.library() is not None
-        return _parallel_rows(self._range, x, self.q.shape[0], NATIVE_PARALLEL_MIN_WEIGHTS if native_path else None)
-
-    def apply_serial(self, x: np.ndarray) -> np.ndarray:
-        """apply() in the calling thread only: for products of ~1 MB, where handing half to the
-        crew and waiting for it (~50 µs) costs more than it saves (the MTP assistant's step)."""
-        x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
-        out = np.empty((x2.shape[0], self.q.shape[0]), np.float32)
-        self._range(x2, out, 0, self.q.shape[0])
-        return out.reshape(*x.shape[:-1], self.q.shape[0])
 
 
 def block_int8_exact(w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -357,7 +368,7 @@ def block_int8_exact(w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return best_q.reshape(w.shape), best_d
 
 
-class BlockInt8:
+class BlockInt8(_RowProducts):
     """The GGUF's own blocks, unpacked to int8: W = q * d - m per group of G = 16 or 32 weights
     (q int8 (out, in); d and m float32 (out, in / G); m None when the type has no minimum). Q8_0 /
     Q5_0 / Q4_0 (G = 32, no m: an int8 times a widened f16, exact), Q4_K (G = 32, 0..15 times
@@ -368,8 +379,6 @@ class BlockInt8:
     the native kernel (engine/native/rowint16.c, ts_blockint8_matmul: batch-invariant like the
     int16 kernel); prefill and the NumPy fallback widen a row tile to float32 (the exact weights)
     and use BLAS. Reference: ``x @ self.dense().T``."""
-
-    TILE_ELEMS = RowInt16.TILE_ELEMS
 
     def __init__(self, q: np.ndarray, d: np.ndarray, m: np.ndarray | None = None):
         G = q.shape[1] // d.shape[1] if q.ndim == 2 and d.ndim == 2 and d.shape[1] else 0
@@ -424,10 +433,6 @@ class BlockInt8:
             np.matmul(self.rows(idx[a:b]), h, out=out[a:b])
         return out
 
-    @property
-    def tile_rows(self) -> int:
-        return max(16, self.TILE_ELEMS // self.q.shape[1] // 16 * 16)
-
     def _range(self, x: np.ndarray, out: np.ndarray, r0: int, r1: int) -> None:
         if x.shape[0] <= ROW_LOOP_MAX and self._native_ok:
             lib = native.library()
@@ -441,12 +446,3 @@ class BlockInt8:
             t = self._widen(self.q[a:b], self.d[a:b], None if self.m is None else self.m[a:b], buf[: b - a])
             _product(t, x, out[:, a:b])
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        native_path = self._native_ok and native.library() is not None
-        return _parallel_rows(self._range, x, self.q.shape[0], NATIVE_PARALLEL_MIN_WEIGHTS if native_path else None)
-
-    def apply_serial(self, x: np.ndarray) -> np.ndarray:
-        x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
-        out = np.empty((x2.shape[0], self.q.shape[0]), np.float32)
-        self._range(x2, out, 0, self.q.shape[0])
-        return out.reshape(*x.shape[:-1], self.q.shape[0])

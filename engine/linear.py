@@ -358,8 +358,8 @@ def block_int8_exact(w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         d = (amax / np.float32(m)).astype(np.float32)
         with np.errstate(divide="ignore", invalid="ignore"):
             qf = np.rint(b / np.where(d > 0, d, 1)[:, :, None])
-        ok = todo & (np.abs(qf) <= 128).all(axis=2) & ((qf.astype(np.float32) * d[:, :, None]) == b).all(axis=2)
-        ok &= (qf >= -128).all(axis=2) & (qf <= 127).all(axis=2)
+        in_range = ((qf >= -128) & (qf <= 127)).all(axis=2)
+        ok = todo & in_range & ((qf.astype(np.float32) * d[:, :, None]) == b).all(axis=2)
         best_q[ok] = qf[ok].astype(np.int8)
         best_d[ok] = d[ok]
         todo &= ~ok

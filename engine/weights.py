@@ -2,9 +2,8 @@
 
 The first start of a model dequantizes its tensors into the storage the engine computes with
 (float32 norms, fused linear weights as the GGUF's own int8 blocks, row-scaled int16 or float32)
-and saves them as .npy
-files under ``cache_dir()/<sha256 of the GGUF>/``; later starts memory-map them (a warm start
-reads nothing until the first token touches the pages). Entries are written to a temporary
+and saves them as .npy files under ``cache_dir()/<sha256 of the GGUF>/``; later starts memory-map
+them (a warm start reads nothing until the first token touches the pages). Entries are written to a temporary
 name and renamed, so an interrupted first start leaves no half-written entry.
 """
 
@@ -114,9 +113,13 @@ class WeightStore:
                 and infos[0].shape[1] % 32 == 0):
             got = [block_int8(self.gguf.raw(n), i.type_id, tuple(i.shape))
                    for n, i in zip(e.sources, infos, strict=True)]
-            out = {"q8": np.concatenate([g[0] for g in got]), "d8": np.concatenate([g[1] for g in got])}
+            out = {}
             if any(g[2] is not None for g in got):  # a minimum in some source: zeros for the others
                 out["m8"] = np.concatenate([g[2] if g[2] is not None else np.zeros_like(g[1]) for g in got])
+            # q8 last: _save writes in this order and _load_cached takes an entry whose q8 and d8
+            # exist, so a first start interrupted before q8 never leaves a Q4_K entry without its m8
+            out["d8"] = np.concatenate([g[1] for g in got])
+            out["q8"] = np.concatenate([g[0] for g in got])
             return out
         parts = [self.gguf.dequantize(n) for n in e.sources]
         w = np.ascontiguousarray(np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0], np.float32)

@@ -226,3 +226,42 @@ def test_assistant_q8_matrices_run_as_blocks():
     q, d = block_int8_exact(w)
     lib = native.library()
     assert np.array_equal(got, product(lib, q, d, None, x[None])[0])
+
+
+def test_interrupted_cache_write_never_loads_without_the_minimum(monkeypatch, tmp_path):
+    """A first start killed between the files of a Q4_K entry: the next start rebuilds it rather
+    than loading q8/d8 without m8 (which would silently drop every minimum)."""
+    from turbospec.engine.gguf import GGUFFile
+
+    monkeypatch.setenv("TURBOSPEC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(weights, "INT16_MIN_ELEMENTS", 1 << 10)
+    rng = np.random.default_rng()
+    path = tmp_path / "q4k.gguf"
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    raw = raw_blocks(rng, 8, 512, Q.Q4_K)
+    w.add_tensor("a.weight", raw, raw_shape=raw.shape, raw_dtype=Q.Q4_K)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    store = weights.WeightStore(GGUFFile.open(path))
+    arrays = store._build(weights.Entry("e", ("a.weight",), "linear"))
+    m = arrays["m8"]
+    assert np.array_equal(BlockInt8(arrays["q8"], arrays["d8"], m).dense(), gguf.quants.dequantize(raw, Q.Q4_K))
+    written = []
+    real_save = np.save
+
+    def dying_save(path, a):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(path)
+        real_save(path, a)
+
+    monkeypatch.setattr(np, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        store._save("e", arrays)
+    monkeypatch.setattr(np, "save", real_save)
+    assert store._load_cached("e") is None
+    store._save("e", arrays)
+    got = store._load_cached("e")
+    assert set(got) == {"q8", "d8", "m8"} and np.array_equal(got["m8"], m)

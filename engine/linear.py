@@ -343,7 +343,7 @@ def block_int8_exact(w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """w (out, in) as block int8 (q int8, d float32 per 32) when that is exact — a matrix
     dequantized from Q8_0 (or Q5_0, Q4_0) is, since a block's largest |value| is a small
     integer times its f16 scale — else None. The candidate scale is the block's max |w| / 127
-    (Q8_0) or the largest divisor that still gives integers (tried: 127, 15, 16, 7, 8)."""
+    (Q8_0), else / 16, 15, 8 or 7 (Q5_0, Q4_0), the first that gives integers times the scale."""
     w = np.asarray(w, np.float32)
     if w.ndim != 2 or w.shape[1] % 32 or w.size == 0:
         return None

@@ -35,6 +35,7 @@ from turbospec.errors import UserError
 
 EXACT_BATCH_MAX = 32  # batches up to this size (verification) attend token by token; see attend()
 STEP_FAST_PATH = True  # one-token steps take LayerKV._attend_step (tests switch it off to compare)
+NATIVE_STEP = True  # ... and on an f16 cache its native kernel (engine/native/attn.c) when built
 ATTN_TILE = 2048  # cells per attention tile (decoded K+V tile: 2 x 2048 x 256 x 4 B = 4 MB)
 
 
@@ -164,6 +165,11 @@ class LayerKV:
             raise UserError(f"k_outliers {cfg.k_outliers} is negative; use 0 (off) or a channel count")
         self.out_idx: np.ndarray | None = None  # the outlier channels (n_out,), chosen from the first tokens
         self.ko = np.zeros((self.cap, n_head_kv, self.n_out), np.float16)  # their K values (equalized)
+        # plain f16 cells (no rotation, equalization or outlier channels): one check to encode a
+        # token, and _attend_step's native kernel
+        self.plain_f16 = self.ck.name == self.cv.name == "f16" and self.dk == self.dv == head_dim \
+            and head_dim % 16 == 0
+        self._ptrs: tuple | None = None  # (k, v, pos, their addresses) for the native kernel
 
     # -- bookkeeping ------------------------------------------------------------------------
     @property
@@ -242,8 +248,14 @@ class LayerKV:
 
     def encode(self, k: np.ndarray, v: np.ndarray, qpos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """float K, V (T, n_head_kv, head_dim) -> packed K, packed V (T, n_head_kv, bytes), outliers."""
-        from turbospec.engine.kv.codecs import CodecInputError
+        from turbospec.engine.kv.codecs import F16_MAX_FINITE, CodecInputError
 
+        if (self.plain_f16 and k.size and k.dtype == v.dtype == np.float32
+                and np.abs(k).max() < F16_MAX_FINITE and np.abs(v).max() < F16_MAX_FINITE):
+            # every value finite and inside f16's range (a NaN fails the comparison): the codec's
+            # bytes without its checks; anything else takes the checks below, which name it
+            return (k.astype("<f2").view(np.uint8), v.astype("<f2").view(np.uint8),
+                    np.zeros(k.shape[:-1] + (0,), np.float16))
         self._check_finite(k, "K", qpos)
         self._check_finite(v, "V", qpos)
         if (self.eq_strength and self.eq_scale is None) or (self.n_out and self.out_idx is None):
@@ -260,9 +272,10 @@ class LayerKV:
             try:
                 out.append(codec.encode(self._pad(x, d)))
             except CodecInputError as e:
+                fix = "check the model" if codec.name == "f16" else f"use -ct{what.lower()} f16 or check the model"
                 raise UserError(
                     f"{what} at layer {self.layer}, position {int(qpos[e.index[0]])} does not fit cache type "
-                    f"{codec.name} ({e}); use -ct{what.lower()} f16 or check the model"
+                    f"{codec.name} ({e}); {fix}"
                 ) from None
         return out[0], out[1], ko
 
@@ -386,6 +399,10 @@ class LayerKV:
         bit-identical to the tiled path (tests/engine/test_kv_cache.py compares them). Returns
         None (use the tiled path) when the cells span more than one tile.
         """
+        if NATIVE_STEP and self.plain_f16:
+            out = self._attend_native(q, p, scale, new_k, new_v, new_o)
+            if out is not None:
+                return out
         hkv = self.n_head_kv
         lo = p - self.window + 1 if self.sliding else 0
         sl = self._visible_slots(lo, p - 1)
@@ -419,6 +436,36 @@ class LayerKV:
         if self.cv.rotated:
             out = rotate_small(np.ascontiguousarray(out), self.cv, inverse=True)
         return out[..., : q.shape[-1]]
+
+    def _attend_native(self, q, p, scale, new_k, new_v, new_o) -> np.ndarray | None:
+        """_attend_step on a plain f16 layer through engine/native/attn.c: the same cells in the
+        same order (the old ones by slot, the token itself last), one call for the selection, the
+        scores, the softmax and the weighted sum. Not bit-identical to the NumPy step (other
+        summation orders), but every decoded and every verified token of a process takes it
+        (tests/engine/test_native_attn.py compares it with the NumPy step). None: no library,
+        or a non-finite score (the NumPy paths then decide)."""
+        from turbospec.engine import native
+
+        lib = native.library()
+        if lib is None:
+            return None
+        self.write(new_k, new_v, np.array([p], np.int64), new_o)
+        ptrs = self._ptrs
+        if ptrs is None or ptrs[0] is not self.k or ptrs[1] is not self.v or ptrs[2] is not self.pos:
+            ptrs = self._ptrs = (self.k, self.v, self.pos, self.k.ctypes.data, self.v.ctypes.data,
+                                 self.pos.ctypes.data)
+        q = np.ascontiguousarray(q, np.float32)
+        out = np.empty(q.shape, np.float32)
+        if self.sliding:
+            args = (ptrs[5], self.cap, max(p - self.window + 1, 0), p - 1, p % self.cap)
+        else:
+            args = (None, self.cap, 0, p, -1)
+        hkv, hd = self.n_head_kv, self.head_dim
+        rc = lib.ts_attn_f16(ptrs[3], ptrs[4], hkv * hd, *args, q.ctypes.data, q.shape[1], hkv, hd, scale,
+                             out.ctypes.data)
+        if rc < 0:
+            raise RuntimeError(f"ts_attn_f16 refused layer {self.layer} at position {p} (rc {rc})")
+        return out if rc == 0 else None
 
     def _attend_cells(self, qd, qpos, kc, vc, kpos, scale, g, max_pos, qo=None, oc=None) -> np.ndarray:
         """Masked softmax attention over packed cells, tile by tile (online softmax).

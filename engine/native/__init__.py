@@ -1,7 +1,9 @@
 """Native CPU kernels: C sources in this folder, built with the system C compiler on first use
 and loaded with ctypes. The CPU engine stays NumPy; these replace only the few products where
-NumPy has no batch-invariant fast path (engine/linear.py says which). Each kernel has its NumPy
-reference in the module that calls it, and tests compare them (tests/engine/test_native.py).
+NumPy has no batch-invariant fast path (engine/linear.py says which), the f16 cache's widening
+(f16.c) and one decode token's attention over an f16 cache (attn.c, where NumPy's ~25 small calls
+a layer cost more than the arithmetic). Each kernel has its NumPy reference in the module that
+calls it, and tests compare them (tests/engine/test_native.py, test_blockint8.py, test_native_attn.py).
 
 Builds are cached under ``cache_dir()/native`` by the hash of the source, the flags, the
 compiler's version and this CPU's feature flags (``-march=native`` code must never be loaded on
@@ -27,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("rowint16.c", "f16.c")
+SOURCES = ("rowint16.c", "f16.c", "attn.c")
 CFLAGS = ("-O3", "-std=c11", "-shared", "-fPIC", "-ffp-contract=off", "-fno-strict-aliasing")
 ARCH_FLAGS = (("-march=native",), ())  # tried in order: the first that builds wins
 
@@ -124,6 +126,8 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.ts_f16_to_f32.argtypes = [P, P, L]
     lib.ts_f16_to_f32.restype = None
     lib.ts_f16_isa.restype = ctypes.c_char_p
+    lib.ts_attn_f16.argtypes = [P, P, L, P, L, L, L, L, P, L, L, L, ctypes.c_float, P]
+    lib.ts_attn_f16.restype = ctypes.c_int
 
 
 def _load() -> tuple[ctypes.CDLL | None, NativeStatus]:
@@ -223,3 +227,26 @@ def f16_to_f32(lib: ctypes.CDLL, h: np.ndarray, out: np.ndarray) -> None:
     if h.dtype.itemsize != 2 or out.dtype != np.float32:
         raise ValueError("f16_to_f32: 2-byte input, float32 output")
     lib.ts_f16_to_f32(_ptr(h), _ptr(out), h.size)
+
+
+def attn_f16(lib: ctypes.CDLL, k: np.ndarray, v: np.ndarray, pos: np.ndarray | None, lo: int, hi: int,
+             new_slot: int, q: np.ndarray, scale: float, out: np.ndarray) -> bool:
+    """One query token's attention over a layer's f16 cells (engine/native/attn.c; the NumPy
+    reference is LayerKV._attend_step): k, v (cap, hkv, hd * 2) uint8 cells, C-contiguous; pos
+    None for a global layer (cells lo..hi, slot = position) or the ring's int64 positions (cap,)
+    for a sliding one (the slots holding positions lo..hi, then ``new_slot``); q and out float32
+    (n_head, hd), C-contiguous. Fills out; False when a score is not finite."""
+    cap, hkv = k.shape[:2]
+    n_head, hd = q.shape
+    ok = (k.flags.c_contiguous and v.flags.c_contiguous and k.shape == v.shape and k.shape[2] == 2 * hd
+          and q.dtype == out.dtype == np.float32 and q.flags.c_contiguous and out.flags.c_contiguous
+          and out.shape == q.shape and (pos is None or (pos.dtype == np.int64 and pos.shape == (cap,)))
+          and (pos is not None or 0 <= lo and hi < cap) and new_slot < cap)
+    if not ok:
+        raise ValueError("attn_f16: contiguous f16 cells (cap, hkv, 2 * hd), float32 q and out (n_head, hd), "
+                         "int64 positions (cap,), cells inside the cache")
+    rc = lib.ts_attn_f16(_ptr(k), _ptr(v), hkv * hd, None if pos is None else _ptr(pos), cap, lo, hi, new_slot,
+                         _ptr(q), n_head, hkv, hd, scale, _ptr(out))
+    if rc < 0:
+        raise ValueError(f"attn_f16: head size {hd} (a multiple of 16), {n_head} heads over {hkv}, and cells to read")
+    return rc == 0

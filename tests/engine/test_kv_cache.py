@@ -297,6 +297,7 @@ def test_step_fast_path_is_bit_identical_to_tiled_path(monkeypatch, tk, tv, kw, 
     cache: same outputs bit for bit, and the same bytes written, through a sliding ring that
     wraps and a rollback of drafts in between."""
     rng = np.random.default_rng()
+    monkeypatch.setattr(kvcache, "NATIVE_STEP", False)  # f16's native step: tests/engine/test_native_attn.py
     window = 24 if sliding else 1 << 30
     fast = _layer(tk, tv, hkv=2, sliding=sliding, window=window, **kw)
     slow = _layer(tk, tv, hkv=2, sliding=sliding, window=window, **kw)

@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blocks", type=int, nargs="+", default=[2, 3, 4, 5, 6])
     ap.add_argument("--p-min", type=float, nargs="+", default=[0.0], metavar="P",
                     help="mtp: --draft-p-min values to measure, one row set each (default 0 = off)")
+    ap.add_argument("--lookup", type=int, nargs="+", default=[0], metavar="N",
+                    help="mtp rows with prompt lookup first (--draft-lookup N; 0 = the assistant alone; default 0)")
     ap.add_argument("--depths", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--per-kind", type=int, default=2, help="prompts per kind (1..2)")
     ap.add_argument("-ctk", default="f16")
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from turbospec.engine.loader import load_model, load_tokenizer
     from turbospec.engine.sampling import SamplingConfig
     from turbospec.engine.spec.loop import SpecConfig
-    from turbospec.engine.spec.ngram import NGramDrafter
+    from turbospec.engine.spec.ngram import LookupFirst, NGramDrafter
     from turbospec.trace import TraceWriter, fmt_pct, fmt_tau, per_position
 
     if backend.name == "cupy":
@@ -119,14 +121,18 @@ def main(argv: list[str] | None = None) -> int:
 
         assistant = MTPDrafter.load(args.mtp_head, model, tok).assistant
 
-    variants: dict[str, tuple[str, float]] = {}  # row label -> (drafter, p_min)
+    variants: dict[str, tuple[str, float, int]] = {}  # row label -> (drafter, p_min, draft lookup)
     for name in args.spec:
         for p in args.p_min if name == "mtp" else [0.0]:
-            variants[name if p == 0 else f"{name} p≥{p:g}"] = (name, p)
+            for n in args.lookup if name == "mtp" else [0]:
+                label = name + (f"+lookup{n}" if n else "") + (f" p≥{p:g}" if p else "")
+                variants[label] = (name, p, n)
 
     def make(label: str):
-        name, p_min = variants[label]
+        name, p_min, lookup = variants[label]
         d = make_base(name)
+        if lookup:
+            d = LookupFirst(d, n_min=lookup)
         d.p_min = p_min
         return d
 
@@ -198,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         # the trace's cost, at B=3 depth 2
         with tempfile.TemporaryDirectory() as td:
             w = TimedTrace(TraceWriter.open(str(Path(td) / "t.ndjson")))
-            last = next(label for label, (n, _) in variants.items() if n == args.spec[-1])
+            last = next(label for label, (n, _, _) in variants.items() if n == args.spec[-1])
             res = generate(model, tok, ids, cfg, drafter=(dr := make(last)),
                            spec=SpecConfig(block_size=3, pipeline_depth=2), trace=w)
             dr.close()

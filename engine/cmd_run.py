@@ -144,6 +144,9 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-draft", default=None, metavar="PATH", help="draft model GGUF for --spec draft")
     g.add_argument("--ngram-max", type=int, default=3, metavar="N",
                    help="prompt lookup: longest suffix n-gram to match (default 3; tried down to 1)")
+    g.add_argument("--draft-lookup", type=int, default=0, metavar="N",
+                   help="mtp: try prompt lookup first: when the last N or more tokens occurred earlier, draft "
+                   "what followed them (no assistant step), else the assistant drafts (0 = off, default)")
 
 
 def make_drafter(args, model, tok, kv, n_ctx: int):
@@ -165,7 +168,17 @@ def make_drafter(args, model, tok, kv, n_ctx: int):
         raise UserError(f"--draft-p-min {p_min} is out of range; choose 0 <= P < 1 (0 = off)")
     if p_min and name == "ngram":
         raise UserError("--draft-p-min needs drafts with probabilities (--spec mtp or draft); prompt lookup has none")
+    lookup = getattr(args, "draft_lookup", 0) or 0
+    if lookup and name != "mtp":
+        raise UserError(f"--draft-lookup {lookup} combines prompt lookup with the assistant: use it with --spec mtp "
+                        "(--spec ngram is prompt lookup alone)")
+    if lookup < 0:
+        raise UserError(f"--draft-lookup {lookup} is negative; pass N >= 1 (the match length), or 0 = off")
     drafter = _make_drafter(name, args, model, tok, kv, n_ctx)
+    if lookup:
+        from turbospec.engine.spec.ngram import LookupFirst
+
+        drafter = LookupFirst(drafter, n_min=lookup, n_max=max(args.ngram_max, lookup))
     drafter.p_min = p_min
     return drafter, spec
 

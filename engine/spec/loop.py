@@ -218,7 +218,8 @@ def generate_spec(
                     stats.lazy_rounds += 1
                 if tr is not None:
                     tr.mtp_draft(rnd.iter, rnd.path, 0, rnd.id_last, rnd.h_idx, rnd.attn_pos, rnd.n_steps,
-                                 rnd.h_l2, drafts, drafter=drafter.name, draft_us=du)
+                                 rnd.h_l2, drafts, drafter=(prop.extra.get("source") if prop else None) or drafter.name,
+                                 draft_us=du)
             else:
                 drafter.cancel()  # nothing may be in flight when the KV is written
                 stats.skip_rounds += 1

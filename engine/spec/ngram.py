@@ -78,3 +78,56 @@ class NGramDrafter(Drafter):
             if end is not None:
                 return Proposal(tokens=continuation(h, end, rnd.n_steps), extra={"n": n})
         return Proposal(tokens=[])
+
+
+class LookupFirst(Drafter):
+    """``--spec mtp --draft-lookup N``: prompt lookup first, the assistant otherwise.
+
+    When the last ``n_min`` or more tokens of the accepted history occurred earlier, the round's
+    drafts are what followed them (no assistant step: microseconds); otherwise ``inner`` drafts.
+    The two are complementary on a small model: its greedy text falls into loops that lookup
+    copies at 100% while the assistant, which cannot see that far back, guesses; on fresh text
+    lookup has no match and the assistant carries the round. Each round's trace line names the
+    drafter that produced it (``drafter``: "ngram" or the inner drafter's name); ``name`` (the
+    run's ``spec``) stays the inner drafter's. Rounds depend only on their inputs for both parts
+    (the MTP assistant keeps no KV of its own), so either may serve any round, on the worker
+    thread too (pipeline depth 2)."""
+
+    def __init__(self, inner: Drafter, n_min: int, n_max: int = 3):
+        super().__init__()
+        if n_min < 1:
+            raise ValueError("LookupFirst needs n_min >= 1")
+        self.inner = inner
+        self.name = inner.name
+        self.lookup = NGramDrafter(n_max=max(n_max, n_min), n_min=n_min)
+        self.served = {"ngram": 0, inner.name: 0}  # rounds each part drafted
+
+    @property
+    def p_min(self) -> float:  # --draft-p-min applies to the assistant's drafts
+        return self.inner.p_min
+
+    @p_min.setter
+    def p_min(self, value: float) -> None:
+        self.inner.p_min = value
+
+    def begin(self, session, prompt_ids: list[int]) -> None:
+        super().begin(session, prompt_ids)
+        self.inner.begin(session, prompt_ids)
+        self.lookup.begin(session, prompt_ids)
+        self.served = dict.fromkeys(self.served, 0)
+
+    def close(self) -> None:
+        super().close()
+        self.inner.close()
+
+    def accept(self, n_accepted: int) -> None:
+        self.inner.accept(n_accepted)
+
+    def propose(self, rnd: Round, cancelled: threading.Event) -> Proposal:
+        prop = self.lookup.propose(rnd, cancelled)
+        source = "ngram"
+        if not prop.tokens:
+            prop, source = self.inner.propose(rnd, cancelled), self.inner.name
+        prop.extra["source"] = source
+        self.served[source] += 1
+        return prop

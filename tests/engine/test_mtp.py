@@ -22,9 +22,10 @@ from turbospec.engine.models.gemma4_assistant import (
     expected_shapes,
     write_assistant_gguf,
 )
-from turbospec.engine.spec.base import Round
+from turbospec.engine.spec.base import Drafter, Proposal, Round
 from turbospec.engine.spec.loop import SpecConfig
 from turbospec.engine.spec.mtp import MTPDrafter
+from turbospec.engine.spec.ngram import LookupFirst, lookup_reference
 from turbospec.errors import UserError
 
 PROMPT = "the cat is on the mat and the dog is on the mat and the cat"
@@ -430,3 +431,89 @@ def test_cli_run_spec_mtp_trace_and_errors(target, tiny_gguf, tmp_path, capsys):
     assert "built for target architecture 'gemma4'" in err and "Traceback" not in err
     assert main(base + ["--spec", "mtp", "--mtp-head", str(tmp_path / "none.gguf")]) == 2
     assert "MTP head not found" in capsys.readouterr().err
+
+
+class _Fixed(Drafter):
+    """An inner drafter that always proposes the same tokens (and counts its calls)."""
+
+    name = "mtp"
+
+    def __init__(self, toks):
+        super().__init__()
+        self.toks, self.calls, self.accepted = toks, 0, []
+
+    def propose(self, rnd, cancelled):
+        self.calls += 1
+        return Proposal(tokens=list(self.toks[: rnd.n_steps]))
+
+    def accept(self, n):
+        self.accepted.append(n)
+
+
+def test_lookup_first_prefers_a_long_enough_match():
+    """--draft-lookup N: a suffix of >= N tokens seen before drafts what followed it (the inner
+    drafter is not called); a shorter or no match goes to the inner drafter; each proposal says
+    which part made it; p_min and accept reach the inner drafter."""
+    inner = _Fixed([7, 7, 7])
+    d = LookupFirst(inner, n_min=2)
+    d.begin(None, [])
+    h = np.zeros(4, np.float32)
+    # "5 6" occurred before, followed by 9 1 2: a 2-token match
+    p = d.propose(Round(0, 6, 7, -1, h, 3, [1, 5, 6, 9, 1, 2, 4, 5, 6]), threading.Event())
+    assert p.tokens == [9, 1, 2] and p.extra["source"] == "ngram" and inner.calls == 0
+    # only "6" recurs (a 1-token match): too short for N = 2, the inner drafter drafts
+    p = d.propose(Round(1, 6, 7, -1, h, 2, [1, 6, 9, 3, 4, 5, 8, 6]), threading.Event())
+    assert p.tokens == [7, 7] and p.extra["source"] == "mtp" and inner.calls == 1
+    assert d.served == {"ngram": 1, "mtp": 1} and d.name == "mtp"
+    d.p_min = 0.4
+    d.accept(1)
+    assert inner.p_min == 0.4 and inner.accepted == [1]
+    with pytest.raises(ValueError):
+        LookupFirst(inner, n_min=0)
+    # and against the reference scan: whenever lookup serves, it is the n_min-restricted lookup
+    rng = np.random.default_rng()
+    for _ in range(200):
+        toks = [int(t) for t in rng.integers(0, 4, rng.integers(2, 30))]
+        d = LookupFirst(_Fixed([99, 99]), n_min=2)
+        d.begin(None, [])
+        p = d.propose(Round(0, toks[-1], len(toks) - 1, -1, h, 2, toks), threading.Event())
+        want = lookup_reference(toks, 2, n_max=3, n_min=2)
+        assert p.tokens == (want or [99, 99])
+
+
+def test_lookup_first_in_the_loop_is_exact_and_traces_each_rounds_drafter(target, tiny_gguf, tmp_path, capsys):
+    """`run --spec mtp --draft-lookup 2`: greedy output equal to plain at B = 2..5, depth 1 and 2;
+    the trace's draft lines name the part that drafted (both appear on this repetitive prompt);
+    --draft-lookup without --spec mtp, or negative, is one line."""
+    import json
+
+    from turbospec.cli import main
+
+    model, tok = target
+    head = write_random(tmp_path / "a.gguf", model, tok.tokens, seed=4)
+    ids = tok.encode(PROMPT, add_bos=True)
+    cfg = GenConfig(n_predict=40, ignore_eos=True)
+    plain = generate(model, tok, ids, cfg)
+    assistant = MTPDrafter.load(head, model, tok).assistant
+    for b in (2, 3, 5):
+        for depth in (1, 2):
+            d = LookupFirst(MTPDrafter(assistant, model), n_min=2)
+            try:
+                res = generate(model, tok, ids, cfg, drafter=d, spec=SpecConfig(block_size=b, pipeline_depth=depth))
+            finally:
+                d.close()
+            assert res.tokens == plain.tokens, (b, depth)
+            assert res.spec["drafter"] == "mtp"
+    base = ["run", "-m", str(tiny_gguf), "-p", PROMPT, "-n", "40", "--ignore-eos", "--backend", "numpy", "--json"]
+    tr = tmp_path / "t.ndjson"
+    assert main(base + ["--spec", "mtp", "--mtp-head", str(head), "--draft-lookup", "2", "--trace", str(tr)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["tokens"] == plain.tokens
+    drafts = [json.loads(ln) for ln in tr.read_text().splitlines() if '"mtp_draft"' in ln]
+    assert {o["drafter"] for o in drafts if o["drafts"]} == {"ngram", "mtp"}
+    start = next(json.loads(ln) for ln in tr.read_text().splitlines() if '"run_start"' in ln)
+    assert start["spec"] == "mtp"
+    assert main(base + ["--spec", "ngram", "--draft-lookup", "2"]) == 2
+    assert "--draft-lookup 2 combines prompt lookup with the assistant" in capsys.readouterr().err
+    assert main(base + ["--spec", "mtp", "--mtp-head", str(head), "--draft-lookup", "-1"]) == 2
+    assert "--draft-lookup -1 is negative" in capsys.readouterr().err

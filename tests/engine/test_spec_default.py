@@ -10,7 +10,7 @@ from turbospec.engine.kv.cache import KVConfig
 from turbospec.engine.loader import load_model, load_tokenizer
 from turbospec.engine.spec.draft_model import DraftModelDrafter
 from turbospec.engine.spec.loop import SpecConfig
-from turbospec.engine.spec.ngram import NGramDrafter
+from turbospec.engine.spec.ngram import LookupFirst, NGramDrafter
 
 pytestmark = pytest.mark.slow
 
@@ -103,5 +103,9 @@ def test_shipped_mtp_head_greedy_identical_and_accepted(real):
                 assert res.tokens == plain, (PROMPTS[i], b, kv)
                 acc += res.spec["n_accepted"]
                 dr += res.spec["n_drafted"]
+            if kv is None:  # --draft-lookup 3: prompt lookup first, the assistant otherwise
+                for b in (3, 6):
+                    res = gen(m, tok, ids, kv, LookupFirst(MTPDrafter(assistant, m), n_min=3), SpecConfig(block_size=b))
+                    assert res.tokens == plain, (PROMPTS[i], b, "lookup")
     # the third sitting's head: 19.3% here (B up to 6), the fourth's more; an untrained head ~1.5%
     assert dr > 0 and acc / dr > 0.15, acc / dr

@@ -4,6 +4,7 @@ vs 2, against plain decoding in the same engine and llama.cpp's plain decode, on
 
     python benchmarks/bench_spec.py [--spec ngram mtp] [-n 64] [--blocks 2 3 4 5 6] [--temp 0.7]
                                     [-ctk q8_0 -ctv turbo3] [--per-kind 1] [--json out.json]
+                                    [--lookup 0 3 --lookup-mtp-max 0 1]   # mtp with prompt lookup first
 
 With --temp > 0 every run samples (seeded per prompt; speculative runs use rejection sampling,
 so their output follows the target's distribution but is not token-identical to the plain run).
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="mtp: --draft-p-min values to measure, one row set each (default 0 = off)")
     ap.add_argument("--lookup", type=int, nargs="+", default=[0], metavar="N",
                     help="mtp rows with prompt lookup first (--draft-lookup N; 0 = the assistant alone; default 0)")
+    ap.add_argument("--lookup-mtp-max", type=int, nargs="+", default=[0], metavar="M",
+                    help="with --lookup: the assistant's rounds draft at most M tokens (--mtp-draft-max; 0 = B-1)")
     ap.add_argument("--depths", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--per-kind", type=int, default=2, help="prompts per kind (1..2)")
     ap.add_argument("-ctk", default="f16")
@@ -121,18 +124,20 @@ def main(argv: list[str] | None = None) -> int:
 
         assistant = MTPDrafter.load(args.mtp_head, model, tok).assistant
 
-    variants: dict[str, tuple[str, float, int]] = {}  # row label -> (drafter, p_min, draft lookup)
+    variants: dict[str, tuple[str, float, int, int]] = {}  # label -> (drafter, p_min, draft lookup, mtp max)
     for name in args.spec:
         for p in args.p_min if name == "mtp" else [0.0]:
             for n in args.lookup if name == "mtp" else [0]:
-                label = name + (f"+lookup{n}" if n else "") + (f" p≥{p:g}" if p else "")
-                variants[label] = (name, p, n)
+                for mm in args.lookup_mtp_max if n else [0]:
+                    label = name + (f"+lookup{n}" if n else "") + (f" mtp≤{mm}" if mm else "")
+                    label += f" p≥{p:g}" if p else ""
+                    variants[label] = (name, p, n, mm)
 
     def make(label: str):
-        name, p_min, lookup = variants[label]
+        name, p_min, lookup, mtp_max = variants[label]
         d = make_base(name)
         if lookup:
-            d = LookupFirst(d, n_min=lookup)
+            d = LookupFirst(d, n_min=lookup, inner_max=mtp_max)
         d.p_min = p_min
         return d
 
@@ -204,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         # the trace's cost, at B=3 depth 2
         with tempfile.TemporaryDirectory() as td:
             w = TimedTrace(TraceWriter.open(str(Path(td) / "t.ndjson")))
-            last = next(label for label, (n, _, _) in variants.items() if n == args.spec[-1])
+            last = next(label for label, (n, *_) in variants.items() if n == args.spec[-1])
             res = generate(model, tok, ids, cfg, drafter=(dr := make(last)),
                            spec=SpecConfig(block_size=3, pipeline_depth=2), trace=w)
             dr.close()

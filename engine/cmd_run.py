@@ -147,6 +147,9 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--draft-lookup", type=int, default=0, metavar="N",
                    help="mtp: try prompt lookup first: when the last N or more tokens occurred earlier, draft "
                    "what followed them (no assistant step), else the assistant drafts (0 = off, default)")
+    g.add_argument("--mtp-draft-max", type=int, default=0, metavar="M",
+                   help="with --draft-lookup: the assistant's rounds draft at most M tokens, lookup's up to "
+                   "min(B-1, --draft-max) (0 = no separate cap, default; 1 suits the shipped assistant)")
 
 
 def make_drafter(args, model, tok, kv, n_ctx: int):
@@ -174,11 +177,17 @@ def make_drafter(args, model, tok, kv, n_ctx: int):
                         "(--spec ngram is prompt lookup alone)")
     if lookup < 0:
         raise UserError(f"--draft-lookup {lookup} is negative; pass N >= 1 (the match length), or 0 = off")
+    mtp_max = getattr(args, "mtp_draft_max", 0) or 0
+    if mtp_max and not lookup:
+        raise UserError(f"--mtp-draft-max {mtp_max} caps the assistant's rounds beside prompt lookup's: add "
+                        "--draft-lookup N (alone, --draft-max caps every round)")
+    if mtp_max < 0:
+        raise UserError(f"--mtp-draft-max {mtp_max} is negative; pass M >= 1, or 0 = no separate cap")
     drafter = _make_drafter(name, args, model, tok, kv, n_ctx)
     if lookup:
         from turbospec.engine.spec.ngram import LookupFirst
 
-        drafter = LookupFirst(drafter, n_min=lookup, n_max=max(args.ngram_max, lookup))
+        drafter = LookupFirst(drafter, n_min=lookup, n_max=max(args.ngram_max, lookup), inner_max=mtp_max)
     drafter.p_min = p_min
     return drafter, spec
 

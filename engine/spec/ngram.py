@@ -8,6 +8,7 @@ tokens that followed it. Deterministic, so its q is one-hot.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 from turbospec.engine.spec.base import Drafter, Proposal, Round
 
@@ -91,13 +92,16 @@ class LookupFirst(Drafter):
     drafter that produced it (``drafter``: "ngram" or the inner drafter's name); ``name`` (the
     run's ``spec``) stays the inner drafter's. Rounds depend only on their inputs for both parts
     (the MTP assistant keeps no KV of its own), so either may serve any round, on the worker
-    thread too (pipeline depth 2)."""
+    thread too (pipeline depth 2). ``inner_max`` (``--mtp-draft-max``) caps the inner drafter's
+    rounds only: lookup's drafts on a loop are accepted nearly always and pay at large B, while
+    the shipped assistant's second and later drafts rarely are (benchmarks/results/spec_lookup.md)."""
 
-    def __init__(self, inner: Drafter, n_min: int, n_max: int = 3):
+    def __init__(self, inner: Drafter, n_min: int, n_max: int = 3, inner_max: int = 0):
         super().__init__()
-        if n_min < 1:
-            raise ValueError("LookupFirst needs n_min >= 1")
+        if n_min < 1 or inner_max < 0:
+            raise ValueError("LookupFirst needs n_min >= 1 and inner_max >= 0")
         self.inner = inner
+        self.inner_max = inner_max  # > 0: the inner drafter's rounds draft at most this many (lookup's up to n_steps)
         self.name = inner.name
         self.lookup = NGramDrafter(n_max=max(n_max, n_min), n_min=n_min)
         self.served = {"ngram": 0, inner.name: 0}  # rounds each part drafted
@@ -127,6 +131,8 @@ class LookupFirst(Drafter):
         prop = self.lookup.propose(rnd, cancelled)
         source = "ngram"
         if not prop.tokens:
+            if self.inner_max and rnd.n_steps > self.inner_max:
+                rnd = replace(rnd, n_steps=self.inner_max)
             prop, source = self.inner.propose(rnd, cancelled), self.inner.name
         prop.extra["source"] = source
         self.served[source] += 1

@@ -468,8 +468,14 @@ def test_lookup_first_prefers_a_long_enough_match():
     d.p_min = 0.4
     d.accept(1)
     assert inner.p_min == 0.4 and inner.accepted == [1]
-    with pytest.raises(ValueError):
-        LookupFirst(inner, n_min=0)
+    # --mtp-draft-max 1: the inner drafter's rounds are cut to one draft, lookup's are not
+    capped = LookupFirst(inner, n_min=2, inner_max=1)
+    capped.begin(None, [])
+    assert capped.propose(Round(2, 6, 7, -1, h, 3, [1, 6, 9, 3, 4, 5, 8, 6]), threading.Event()).tokens == [7]
+    assert capped.propose(Round(3, 6, 7, -1, h, 3, [1, 5, 6, 9, 1, 2, 4, 5, 6]), threading.Event()).tokens == [9, 1, 2]
+    for bad in ({"n_min": 0}, {"n_min": 2, "inner_max": -1}):
+        with pytest.raises(ValueError):
+            LookupFirst(inner, **bad)
     # and against the reference scan: whenever lookup serves, it is the n_min-restricted lookup
     rng = np.random.default_rng()
     for _ in range(200):
@@ -517,3 +523,11 @@ def test_lookup_first_in_the_loop_is_exact_and_traces_each_rounds_drafter(target
     assert "--draft-lookup 2 combines prompt lookup with the assistant" in capsys.readouterr().err
     assert main(base + ["--spec", "mtp", "--mtp-head", str(head), "--draft-lookup", "-1"]) == 2
     assert "--draft-lookup -1 is negative" in capsys.readouterr().err
+    assert main(base + ["--spec", "mtp", "--mtp-head", str(head), "--mtp-draft-max", "1"]) == 2
+    assert "--mtp-draft-max 1 caps the assistant's rounds beside prompt lookup's: add --draft-lookup N" in \
+        capsys.readouterr().err
+    assert main(base + ["--spec", "mtp", "--mtp-head", str(head), "--draft-lookup", "2", "--mtp-draft-max", "-2"]) == 2
+    assert "--mtp-draft-max -2 is negative" in capsys.readouterr().err
+    assert main(base + ["--spec", "mtp", "--mtp-head", str(head), "--draft-lookup", "2", "--mtp-draft-max", "1",
+                        "--draft-block-size", "5"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tokens"] == plain.tokens

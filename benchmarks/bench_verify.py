@@ -13,9 +13,11 @@ the native kernel (engine/native/rowint16.c, ts_blockint8_matmul): one token is 
 core, whose 512-bit FMAs run as two halves and load x for each, ~2-4 ms, now a larger share of
 a cheaper c(1). Tokens share each row read but keep their own fixed summation order, so
 verification stays bit-identical to decoding alone. The rest of a token's cost in a batch is
-per-token work: attention (verification attends token by token, ~2.5 ms a token here), the small
-layer products' FMA passes, norms and RoPE. Measured 2026-12-04 22:32: c(1) 18.9 ms, c(T)/c(1)
-1.27 / 1.51 / 1.93 for T = 2..4 (18:14, int16 kernel: c(1) 27.5 ms, 1.23 / 1.47 / 1.63).
+per-token work: attention (verification attends token by token; ~1 ms a token with the native f16
+step, engine/native/attn.c, 2.5 ms before it), the small layer products' FMA passes, norms and
+RoPE. Measured 2026-12-05 00:48: c(1) 16.6 ms, c(T)/c(1) 1.24 / 1.44 / 1.82 / 2.27 / 2.61 for
+T = 2..6 (2026-12-04 22:36, NumPy attention: 18.8 ms, 1.18 / 1.58 / 1.82 / 2.56 / 2.83; 18:14,
+int16 kernel: c(1) 27.5 ms, 1.23 / 1.47 / 1.63 for T = 2..4).
 
 Method: the default model, a 58-token prompt prefilled, ``--warmup`` untimed rounds (the first
 passes over freshly mapped weights run up to 5x slower), then per repetition the forward of T

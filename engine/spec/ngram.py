@@ -94,7 +94,7 @@ class LookupFirst(Drafter):
     (the MTP assistant keeps no KV of its own), so either may serve any round, on the worker
     thread too (pipeline depth 2). ``inner_max`` (``--mtp-draft-max``) caps the inner drafter's
     rounds only: lookup's drafts on a loop are accepted nearly always and pay at large B, while
-    the shipped assistant's second and later drafts rarely are (benchmarks/results/spec_lookup.md)."""
+    the shipped assistant's second and later drafts rarely are (benchmarks/results/spec_greedy.md)."""
 
     def __init__(self, inner: Drafter, n_min: int, n_max: int = 3, inner_max: int = 0):
         super().__init__()

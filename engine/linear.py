@@ -41,6 +41,14 @@ ROW_LOOP_MAX = 32
 
 _N_WORKERS: int | None = None
 
+# Decode and verification batches (<= ROW_LOOP_MAX tokens) multiply BlockInt8 weights with the
+# activations quantized to int8 per group (engine/native/q8act.c, as llama.cpp's CPU backend does
+# for these types): integer dot products, ~3x less work a token than forming every weight as a
+# float. ``TURBOSPEC_ACT_INT8=0`` keeps float activations (ts_blockint8_matmul). Either way one
+# process uses one path for every product, so speculative output stays token-identical to plain
+# decoding; prefill batches and the NumPy fallback always use float activations.
+ACT_INT8 = os.environ.get("TURBOSPEC_ACT_INT8", "1").strip().lower() not in ("0", "off", "no", "false")
+
 
 def set_workers(n: int) -> None:
     """Worker threads for the row-parallel products (BLAS itself runs single-threaded)."""
@@ -368,6 +376,53 @@ def block_int8_exact(w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return best_q.reshape(w.shape), best_d
 
 
+def q8act_quantize(x: np.ndarray, G: int) -> tuple[np.ndarray, np.ndarray]:
+    """x (T, K) float32 -> (qx int32 (T, K), dx float32 (T, K / G)): per group of G,
+    dx = max |x| / 127 and qx = rint(x / dx) in [-127, 127] (0 where dx is 0); a token with a
+    non-finite value gets dx = NaN everywhere. engine/native/q8act.c quantize_token."""
+    x = np.asarray(x, np.float32)
+    T, K = x.shape
+    xg = x.reshape(T, K // G, G)
+    finite = np.isfinite(xg)
+    amax = np.where(finite, np.abs(xg), np.float32(0)).max(axis=2).astype(np.float32)
+    dx = (amax / np.float32(127)).astype(np.float32)
+    ok = (dx > 0) & np.isfinite(dx)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.rint(xg / np.where(ok, dx, np.float32(1))[:, :, None])
+    v = np.where(ok[:, :, None] & finite, v, 0)
+    qx = np.clip(v, -127, 127).astype(np.int32).reshape(T, K)
+    bad = ~finite.reshape(T, -1).all(axis=1)
+    dx[bad] = np.nan
+    return qx, dx
+
+
+def q8act_reference(q: np.ndarray, d: np.ndarray, m: np.ndarray | None, x: np.ndarray) -> np.ndarray:
+    """NumPy reference for engine/native/q8act.c, bit for bit: x (T, K) @ w.T with
+    w = q * d - m per group and x quantized by q8act_quantize; lane l of 16 float32 accumulators
+    adds, for groups l, l + 16, ..., float(I) * (d * dx) and then subtracts m * (dx * float(S)),
+    then the lane tree 8 + 8, 4 + 4, 2 + 2, 1 + 1 (float32 throughout, one rounding per op)."""
+    q = np.asarray(q)
+    R, K = q.shape
+    ng = d.shape[1]
+    G = K // ng
+    qx, dx = q8act_quantize(x, G)
+    T = qx.shape[0]
+    I = np.einsum("rgk,tgk->trg", q.reshape(R, ng, G).astype(np.int64), qx.reshape(T, ng, G).astype(np.int64))
+    S = qx.reshape(T, ng, G).sum(axis=2)
+    p = I.astype(np.float32) * (d[None, :, :] * dx[:, None, :])
+    mm = None if m is None else m[None, :, :] * (dx * S.astype(np.float32))[:, None, :]
+    acc = np.zeros((T, R, 16), np.float32)
+    for w0 in range(0, ng, 16):
+        W = min(16, ng - w0)
+        acc[:, :, :W] = acc[:, :, :W] + p[:, :, w0:w0 + W]
+        if mm is not None:
+            acc[:, :, :W] = acc[:, :, :W] - mm[:, :, w0:w0 + W]
+    a8 = acc[..., :8] + acc[..., 8:]
+    a4 = a8[..., :4] + a8[..., 4:]
+    a2 = a4[..., :2] + a4[..., 2:]
+    return (a2[..., 0] + a2[..., 1]).astype(np.float32)
+
+
 class BlockInt8(_RowProducts):
     """The GGUF's own blocks, unpacked to int8: W = q * d - m per group of G = 16 or 32 weights
     (q int8 (out, in); d and m float32 (out, in / G); m None when the type has no minimum). Q8_0 /
@@ -391,6 +446,26 @@ class BlockInt8(_RowProducts):
         self._native_ok = (q.dtype == np.int8 and q.flags.c_contiguous and d.dtype == np.float32
                            and d.flags.c_contiguous
                            and (m is None or (m.dtype == np.float32 and m.flags.c_contiguous)))
+        self._qv: np.ndarray | None = None  # q in q8act.c's window layout, made on first use
+        self._qv_lock = threading.Lock()
+
+    def _int8_path(self):
+        """(lib, qv) when decode products take the int8-activation kernel, else None."""
+        if not (ACT_INT8 and self._native_ok):
+            return None
+        lib = native.library()
+        if lib is None:
+            return None
+        if self._qv is None:
+            with self._qv_lock:
+                if self._qv is None:
+                    self._qv = native.q8act_layout(lib, self.q, self.group)
+        return lib, self._qv
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        if x.size <= ROW_LOOP_MAX * self.q.shape[1]:
+            self._int8_path()  # the layout is made here, before the row ranges split
+        return super().apply(x)
 
     @property
     def nbytes(self) -> int:
@@ -420,6 +495,9 @@ class BlockInt8(_RowProducts):
     def score_rows(self, idx: np.ndarray, h: np.ndarray) -> np.ndarray:
         """rows(idx) @ h: the MTP head's routed candidates scored with the target's rows."""
         idx = np.asarray(idx).reshape(-1)
+        p = self._int8_path()
+        if p is not None:
+            return native.q8act_gather(p[0], p[1], self.d, self.m, idx, h)
         lib = native.library() if self._native_ok else None
         if lib is not None:
             return native.blockint8_gather(lib, self.q, self.d, self.m, idx, h)
@@ -435,6 +513,10 @@ class BlockInt8(_RowProducts):
 
     def _range(self, x: np.ndarray, out: np.ndarray, r0: int, r1: int) -> None:
         if x.shape[0] <= ROW_LOOP_MAX and self._native_ok:
+            p = self._int8_path()
+            if p is not None:
+                native.q8act_matmul(p[0], p[1], self.d, self.m, x, out, r0, r1)
+                return
             lib = native.library()
             if lib is not None:
                 native.blockint8_matmul(lib, self.q, self.d, self.m, x, out, r0, r1)

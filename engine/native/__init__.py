@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("rowint16.c", "f16.c", "attn.c")
+SOURCES = ("rowint16.c", "f16.c", "attn.c", "q8act.c")
 CFLAGS = ("-O3", "-std=c11", "-shared", "-fPIC", "-ffp-contract=off", "-fno-strict-aliasing")
 ARCH_FLAGS = (("-march=native",), ())  # tried in order: the first that builds wins
 
@@ -128,6 +128,13 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.ts_f16_isa.restype = ctypes.c_char_p
     lib.ts_attn_f16.argtypes = [P, P, L, P, L, L, L, L, P, L, L, L, ctypes.c_float, P]
     lib.ts_attn_f16.restype = ctypes.c_int
+    lib.ts_q8act_isa.restype = ctypes.c_char_p
+    lib.ts_q8act_layout.argtypes = [P, L, L, L, L, P]
+    lib.ts_q8act_layout.restype = None
+    lib.ts_q8act_matmul.argtypes = [P, P, P, L, L, P, L, P, L, L, L]
+    lib.ts_q8act_matmul.restype = ctypes.c_int
+    lib.ts_q8act_gather.argtypes = [P, P, P, L, L, P, L, P, P]
+    lib.ts_q8act_gather.restype = ctypes.c_int
 
 
 def _load() -> tuple[ctypes.CDLL | None, NativeStatus]:
@@ -250,3 +257,38 @@ def attn_f16(lib: ctypes.CDLL, k: np.ndarray, v: np.ndarray, pos: np.ndarray | N
     if rc < 0:
         raise ValueError(f"attn_f16: head size {hd} (a multiple of 16), {n_head} heads over {hkv}, and cells to read")
     return rc == 0
+
+
+def q8act_layout(lib: ctypes.CDLL, q: np.ndarray, G: int) -> np.ndarray:
+    """q (rows, K) int8 in q8act.c's window layout (lanes = groups of G), a new array."""
+    q = np.ascontiguousarray(q, np.int8)
+    qv = np.empty_like(q)
+    lib.ts_q8act_layout(_ptr(q), q.shape[1], G, 0, q.shape[0], _ptr(qv))
+    return qv
+
+
+def q8act_matmul(lib: ctypes.CDLL, qv: np.ndarray, d: np.ndarray, m: np.ndarray | None, x: np.ndarray,
+                 out: np.ndarray, r0: int, r1: int) -> None:
+    """Rows [r0, r1) of ``out`` (T, rows) = int8-quantized x (T, K) against w = q * d - m, with
+    qv = q8act_layout(q). C-contiguous: qv int8 (rows, K), d and m (or None) float32
+    (rows, K / G), x and out float32; G = K / d.shape[1] in (16, 32), T <= 32."""
+    T, K = x.shape
+    G = K // d.shape[1]
+    rc = lib.ts_q8act_matmul(_ptr(qv), _ptr(d), None if m is None else _ptr(m), G, K, _ptr(x), T, _ptr(out),
+                             out.shape[1], r0, r1)
+    if rc:
+        raise ValueError(f"ts_q8act_matmul: K = {K}, G = {G} (16 or 32, dividing K), T = {T} (1..32)")
+
+
+def q8act_gather(lib: ctypes.CDLL, qv: np.ndarray, d: np.ndarray, m: np.ndarray | None, idx: np.ndarray,
+                 h: np.ndarray) -> np.ndarray:
+    """q8act_matmul's product for the rows ``idx`` (int64, in range) and one token h (K,)."""
+    idx = np.ascontiguousarray(idx, np.int64).reshape(-1)
+    h = np.ascontiguousarray(h, np.float32)
+    out = np.empty(idx.size, np.float32)
+    K = qv.shape[1]
+    G = K // d.shape[1]
+    if lib.ts_q8act_gather(_ptr(qv), _ptr(d), None if m is None else _ptr(m), G, K, _ptr(idx), idx.size, _ptr(h),
+                           _ptr(out)):
+        raise ValueError(f"ts_q8act_gather: K = {K}, G = {G} (16 or 32, dividing K)")
+    return out

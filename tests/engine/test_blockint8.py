@@ -17,6 +17,13 @@ from turbospec.engine.linear import BlockInt8, RowInt16
 needs_native = pytest.mark.skipif(native.library() is None, reason=f"native kernels unavailable: {native.status()}")
 
 
+@pytest.fixture(autouse=True)
+def float_activations(monkeypatch):
+    """These tests are about the float-activation kernel (ts_blockint8_matmul); the int8 one has
+    its own (test_q8act.py)."""
+    monkeypatch.setattr(linear, "ACT_INT8", False)
+
+
 def quantized(rng, rows, k, qtype):
     w = (rng.standard_normal((rows, k)) * rng.uniform(0.01, 2.0, (rows, 1))).astype(np.float32)
     return gguf.quants.quantize(w, qtype)

@@ -2,8 +2,10 @@
 and loaded with ctypes. The CPU engine stays NumPy; these replace only the few products where
 NumPy has no batch-invariant fast path (engine/linear.py says which), the f16 cache's widening
 (f16.c) and one decode token's attention over an f16 cache (attn.c, where NumPy's ~25 small calls
-a layer cost more than the arithmetic). Each kernel has its NumPy reference in the module that
-calls it, and tests compare them (tests/engine/test_native.py, test_blockint8.py, test_native_attn.py).
+a layer cost more than the arithmetic) and, for decode batches, block-int8 weights times int8
+activations (q8act.c, AVX-512 VNNI; linear.ACT_INT8). Each kernel has its NumPy reference in the module that
+calls it, and tests compare them (tests/engine/test_native.py, test_blockint8.py, test_native_attn.py,
+test_q8act.py).
 
 Builds are cached under ``cache_dir()/native`` by the hash of the source, the flags, the
 compiler's version and this CPU's feature flags (``-march=native`` code must never be loaded on
@@ -212,18 +214,23 @@ def blockint8_matmul(lib: ctypes.CDLL, q: np.ndarray, d: np.ndarray, m: np.ndarr
         raise ValueError(f"ts_blockint8_matmul: K = {K} (a multiple of 32), G = {G} (16 or 32), T = {T} (<= 32)")
 
 
-def blockint8_gather(lib: ctypes.CDLL, q: np.ndarray, d: np.ndarray, m: np.ndarray | None, idx: np.ndarray,
-                     h: np.ndarray) -> np.ndarray:
-    """w[idx] @ h for int64 row ids ``idx`` (in range), w as in blockint8_matmul; h float32 (K,)."""
+def _block_gather(fn, what: str, q: np.ndarray, d: np.ndarray, m: np.ndarray | None, idx: np.ndarray,
+                  h: np.ndarray) -> np.ndarray:
+    """The gather kernels' shared call: fn(q, d, m, G, K, idx, n, h, out) != 0 means bad shapes."""
     idx = np.ascontiguousarray(idx, np.int64).reshape(-1)
     h = np.ascontiguousarray(h, np.float32)
     out = np.empty(idx.size, np.float32)
     K = q.shape[1]
     G = K // d.shape[1]
-    if lib.ts_blockint8_gather(_ptr(q), _ptr(d), None if m is None else _ptr(m), G, K, _ptr(idx), idx.size, _ptr(h),
-                               _ptr(out)):
-        raise ValueError(f"ts_blockint8_gather: K = {K} (a multiple of 32), G = {G} (16 or 32)")
+    if fn(_ptr(q), _ptr(d), None if m is None else _ptr(m), G, K, _ptr(idx), idx.size, _ptr(h), _ptr(out)):
+        raise ValueError(f"{fn.__name__}: K = {K} ({what}), G = {G} (16 or 32)")
     return out
+
+
+def blockint8_gather(lib: ctypes.CDLL, q: np.ndarray, d: np.ndarray, m: np.ndarray | None, idx: np.ndarray,
+                     h: np.ndarray) -> np.ndarray:
+    """w[idx] @ h for int64 row ids ``idx`` (in range), w as in blockint8_matmul; h float32 (K,)."""
+    return _block_gather(lib.ts_blockint8_gather, "a multiple of 32", q, d, m, idx, h)
 
 
 def f16_to_f32(lib: ctypes.CDLL, h: np.ndarray, out: np.ndarray) -> None:
@@ -283,12 +290,4 @@ def q8act_matmul(lib: ctypes.CDLL, qv: np.ndarray, d: np.ndarray, m: np.ndarray 
 def q8act_gather(lib: ctypes.CDLL, qv: np.ndarray, d: np.ndarray, m: np.ndarray | None, idx: np.ndarray,
                  h: np.ndarray) -> np.ndarray:
     """q8act_matmul's product for the rows ``idx`` (int64, in range) and one token h (K,)."""
-    idx = np.ascontiguousarray(idx, np.int64).reshape(-1)
-    h = np.ascontiguousarray(h, np.float32)
-    out = np.empty(idx.size, np.float32)
-    K = qv.shape[1]
-    G = K // d.shape[1]
-    if lib.ts_q8act_gather(_ptr(qv), _ptr(d), None if m is None else _ptr(m), G, K, _ptr(idx), idx.size, _ptr(h),
-                           _ptr(out)):
-        raise ValueError(f"ts_q8act_gather: K = {K}, G = {G} (16 or 32, dividing K)")
-    return out
+    return _block_gather(lib.ts_q8act_gather, "a multiple of G", qv, d, m, idx, h)

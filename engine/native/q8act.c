@@ -13,7 +13,9 @@
  * multiply-adds. Napkin math per 512 weights: float path ~5 vector ops a chunk of 16 to form the
  * weights (160) + 64 a token; this path 8 loads + 8 xors (16) + ~14 a token. The LM head
  * (168M weights) at T = 1: ~85M vector ops -> ~10M, i.e. DRAM-bound instead of issue-bound, and
- * each extra verified token ~4.5x fewer ops.
+ * each extra verified token ~4.5x fewer ops. Measured (2026-12-05, Intel Xeon, 2 threads, whole
+ * forward of the default model): c(T) -17..-20% for T = 1..6 and plain decode 33.6 -> 42.7 tok/s —
+ * the rest of a token (attention, norms, Python) is unchanged.
  *
  * Layout: lanes are groups. A row's groups go in windows of up to 16; window w (groups 16w ..
  * 16w + W - 1) holds, for chunk j = 0 .. G/4 - 1, 4 bytes of each of its W groups:

@@ -3,9 +3,9 @@ and loaded with ctypes. The CPU engine stays NumPy; these replace only the few p
 NumPy has no batch-invariant fast path (engine/linear.py says which), the f16 cache's widening
 (f16.c) and one decode token's attention over an f16 cache (attn.c, where NumPy's ~25 small calls
 a layer cost more than the arithmetic) and, for decode batches, block-int8 weights times int8
-activations (q8act.c, AVX-512 VNNI; linear.ACT_INT8). Each kernel has its NumPy reference in the module that
-calls it, and tests compare them (tests/engine/test_native.py, test_blockint8.py, test_native_attn.py,
-test_q8act.py).
+activations (q8act.c, AVX-512 VNNI, AVX-VNNI or AVX2; linear.ACT_INT8). Each kernel has its
+NumPy reference in the module that calls it, and tests compare them (tests/engine/test_native.py,
+test_blockint8.py, test_native_attn.py, test_q8act.py).
 
 Builds are cached under ``cache_dir()/native`` by the hash of the source, the flags, the
 compiler's version and this CPU's feature flags (``-march=native`` code must never be loaded on

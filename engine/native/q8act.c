@@ -1,5 +1,6 @@
-/* q8act.c — block-int8 weights times int8-quantized activations (AVX-512 VNNI), for decode and
- * verification batches of up to 32 tokens.
+/* q8act.c — block-int8 weights times int8-quantized activations, for decode and verification
+ * batches of up to 32 tokens. Builds: AVX-512 VNNI (zmm vpdpbusd), AVX-VNNI (ymm vpdpbusd),
+ * AVX2 (vpmaddubsw + vpmaddwd) and portable C; all four give the same bits.
  *
  *   w[r, k] = q[r, k] * d[r, g] - m[r, g]           g = k / G, G = 16 or 32 (m = NULL: none)
  *   x[t, k] ~ qx[t, k] * dx[t, g]                    dx = max |x| over the group / 127, qx = rint(x / dx)
@@ -40,9 +41,20 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #include <immintrin.h>
 #define Q8A_VNNI 1
+#define Q8A_Y 0
 #define Q8A_ISA "avx512vnni"
+#elif defined(__AVX2__)
+#include <immintrin.h>
+#define Q8A_VNNI 0
+#define Q8A_Y 1 /* two 8-lane halves of a window (ymm) */
+#if defined(__AVXVNNI__)
+#define Q8A_ISA "avxvnni"
+#else
+#define Q8A_ISA "avx2"
+#endif
 #else
 #define Q8A_VNNI 0
+#define Q8A_Y 0
 #define Q8A_ISA "portable"
 #endif
 
@@ -115,6 +127,7 @@ static inline float tree16(const float* a) {
   return b[0] + b[1];
 }
 
+#if !Q8A_VNNI && !Q8A_Y
 /* Portable row kernel: one row against nt tokens, the same operations lane by lane. */
 static void row_portable(const int8_t* qv, const float* d, const float* m, size_t K, unsigned G, const qtok* tk,
                          size_t nt, float* o, size_t ldo) {
@@ -148,6 +161,7 @@ static void row_portable(const int8_t* qv, const float* d, const float* m, size_
     o[t * ldo] = tree16(acc);
   }
 }
+#endif
 
 #if Q8A_VNNI
 static inline float hsum512(__m512 a) {
@@ -199,10 +213,89 @@ typedef void (*kvfn)(const int8_t*, const float*, const float*, size_t, unsigned
 static const kvfn KVS[2][TB] = {{kv_1_0, kv_2_0, kv_3_0, kv_4_0}, {kv_1_1, kv_2_1, kv_3_1, kv_4_1}};
 #endif
 
+#if Q8A_Y
+/* The same window, lanes and float order in two 8-lane halves (lanes 0-7, 8-15); tail windows
+ * load whole groups with 32-bit masks. The integer sums are exact either way: with AVX-VNNI
+ * (ymm vpdpbusd) as above, q ^ 0x80 and 128 * S subtracted; with plain AVX2 by the sign trick
+ * |q| * (x * sign q), whose byte pairs sum to at most 2 * 128 * 127 < 2^15, so vpmaddubsw never
+ * saturates (|x| <= 127 by the clip; q may be -128, and |-128| is 128 unsigned). */
+static inline float hsum2x256(__m256 a, __m256 b) {
+  __m256 s8 = _mm256_add_ps(a, b);
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+  return _mm_cvtss_f32(s1);
+}
+
+static inline __m256i lane_mask(size_t n) { /* the first n (0..8) int32 lanes */
+  const __m256i ix = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), ix);
+}
+
+#if defined(__AVXVNNI__)
+#define YPREP(w) _mm256_xor_si256((w), _mm256_set1_epi8((char)0x80))
+#define YDOT(acc, wp, w, x) _mm256_dpbusd_avx_epi32((acc), (wp), (x))
+#define YFIX(I, s) _mm256_sub_epi32((I), (s))
+#else
+#define YPREP(w) _mm256_abs_epi8(w)
+#define YDOT(acc, wp, w, x) \
+  _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((wp), _mm256_sign_epi8((x), (w))), _mm256_set1_epi16(1)))
+#define YFIX(I, s) (I)
+#endif
+
+#define KY(NT, MIN)                                                                                   \
+  static void ky_##NT##_##MIN(const int8_t* qv, const float* d, const float* m, size_t K, unsigned G, \
+                              const qtok* tk, float* o, size_t ldo, const int8_t* pf) {               \
+    const size_t ng = K / G, nj = G / 4;                                                              \
+    __m256 acc[NT][2];                                                                                \
+    for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();                         \
+    for (size_t w0 = 0; w0 < ng; w0 += 16) {                                                          \
+      const size_t W = ng - w0 < 16 ? ng - w0 : 16;                                                   \
+      const __m256i ma = lane_mask(W < 8 ? W : 8), mb = lane_mask(W > 8 ? W - 8 : 0);                 \
+      const int8_t* qw = qv + w0 * G;                                                                 \
+      __m256i ia[NT][2];                                                                              \
+      for (int t = 0; t < NT; t++) ia[t][0] = ia[t][1] = _mm256_setzero_si256();                      \
+      for (size_t j = 0; j < nj; j++) {                                                               \
+        const int8_t* wj = qw + 4 * W * j;                                                            \
+        const __m256i w_a = _mm256_maskload_epi32((const int*)wj, ma);                                \
+        const __m256i w_b = _mm256_maskload_epi32((const int*)(wj + 32), mb);                         \
+        const __m256i p_a = YPREP(w_a), p_b = YPREP(w_b);                                             \
+        if (NT >= 2) _mm_prefetch((const char*)(pf + w0 * G + 4 * W * j), _MM_HINT_T0);               \
+        for (int t = 0; t < NT; t++) {                                                                \
+          const int8_t* xj = tk[t].qx + w0 * G + 4 * W * j;                                           \
+          ia[t][0] = YDOT(ia[t][0], p_a, w_a, _mm256_maskload_epi32((const int*)xj, ma));             \
+          ia[t][1] = YDOT(ia[t][1], p_b, w_b, _mm256_maskload_epi32((const int*)(xj + 32), mb));      \
+        }                                                                                             \
+      }                                                                                               \
+      for (int h = 0; h < 2; h++) {                                                                   \
+        const __m256i gm = h ? mb : ma;                                                               \
+        const size_t g0 = w0 + 8 * (size_t)h;                                                         \
+        const __m256 dw = _mm256_maskload_ps(d + g0, gm);                                             \
+        __m256 mw = _mm256_setzero_ps();                                                              \
+        if (MIN) mw = _mm256_maskload_ps(m + g0, gm);                                                 \
+        for (int t = 0; t < NT; t++) {                                                                \
+          const __m256i I = YFIX(ia[t][h], _mm256_maskload_epi32(tk[t].s128 + g0, gm));               \
+          const __m256 sc = _mm256_mul_ps(dw, _mm256_maskload_ps(tk[t].dx + g0, gm));                 \
+          acc[t][h] = _mm256_add_ps(acc[t][h], _mm256_mul_ps(_mm256_cvtepi32_ps(I), sc));             \
+          if (MIN) acc[t][h] = _mm256_sub_ps(acc[t][h], _mm256_mul_ps(mw, _mm256_maskload_ps(tk[t].dxs + g0, gm))); \
+        }                                                                                             \
+      }                                                                                               \
+    }                                                                                                 \
+    for (int t = 0; t < NT; t++) o[t * ldo] = hsum2x256(acc[t][0], acc[t][1]);                       \
+  }
+KY(1, 0) KY(2, 0) KY(3, 0) KY(4, 0)
+KY(1, 1) KY(2, 1) KY(3, 1) KY(4, 1)
+typedef void (*kyfn)(const int8_t*, const float*, const float*, size_t, unsigned, const qtok*, float*, size_t,
+                     const int8_t*);
+static const kyfn KYS[2][TB] = {{ky_1_0, ky_2_0, ky_3_0, ky_4_0}, {ky_1_1, ky_2_1, ky_3_1, ky_4_1}};
+#endif
+
 static inline void row(const int8_t* qv, const float* d, const float* m, size_t K, unsigned G, const qtok* tk,
                        size_t nt, float* o, size_t ldo, const int8_t* pf) {
 #if Q8A_VNNI
   KVS[m != NULL][nt - 1](qv, d, m, K, G, tk, o, ldo, pf);
+#elif Q8A_Y
+  KYS[m != NULL][nt - 1](qv, d, m, K, G, tk, o, ldo, pf);
 #else
   (void)pf;
   row_portable(qv, d, m, K, G, tk, nt, o, ldo);
@@ -261,7 +354,7 @@ int ts_q8act_gather(const int8_t* qv, const float* d, const float* m, long G_, l
   quantize_token(h, K, (unsigned)G, &tk[0]);
   for (long i = 0; i < n; i++) {
     const size_t r = (size_t)idx[i];
-#if Q8A_VNNI
+#if Q8A_VNNI || Q8A_Y
     if (i + 8 < n) {
       const size_t rn = (size_t)idx[i + 8];
       for (size_t b = 0; b < K; b += 64) _mm_prefetch((const char*)(qv + rn * K) + b, _MM_HINT_T0);

@@ -1,7 +1,7 @@
 """Block-int8 weights times int8-quantized activations (engine/native/q8act.c): the kernel equals
 its NumPy reference (linear.q8act_reference) bit for bit on fresh random inputs, stays within the
 activation-quantization bound of the exact product, is batch-, slot- and split-invariant, its
-VNNI and portable builds agree bit for bit, the window layout is the documented permutation, a
+AVX-512 VNNI, AVX-VNNI, AVX2 and portable builds agree bit for bit, the window layout is the documented permutation, a
 non-finite token poisons only its own outputs, and BlockInt8 takes this path for decode batches."""
 
 import numpy as np
@@ -167,17 +167,25 @@ def test_blockint8_decode_batches_take_this_path(monkeypatch, layout):
 
 
 @needs_native
-def test_vnni_build_agrees_with_portable_build():
+@pytest.mark.parametrize("arch,isa,needs", [
+    ((), "portable", ()),
+    (("-mavx2", "-mfma", "-mf16c"), "avx2", ("avx2",)),
+    (("-mavx2", "-mfma", "-mf16c", "-mavxvnni"), "avxvnni", ("avx2", "avx_vnni")),
+])
+def test_every_build_agrees_bit_for_bit(arch, isa, needs):
+    """The portable, AVX2 (vpmaddubsw, sign trick) and AVX-VNNI (ymm vpdpbusd) builds give the
+    reference's bits, and so the default build's (AVX-512 VNNI here when the CPU has it)."""
     lib = native.library()
-    other = build_variant((), "portable", (), "ts_q8act_isa")
-    if lib.ts_q8act_isa().decode() == "portable":
-        pytest.skip("this CPU has no AVX-512 VNNI: both builds are the portable code")
+    other = build_variant(arch, isa, needs, "ts_q8act_isa")
     rng = np.random.default_rng()
     for layout in LAYOUTS:
-        for k in (640, 2048, 96):
+        for k in (640, 2048, 96, 1440):
             q, d, m = rand_block(rng, 300, k, *layout)
+            q[0, :] = -128  # the extreme code (|-128| is 128 unsigned in the AVX2 sign trick)
             x = activations(rng, 6, k)
-            assert np.array_equal(product(lib, q, d, m, x), product(other, q, d, m, x))
+            got = product(other, q, d, m, x)
+            assert np.array_equal(got, q8act_reference(q, d, m, x))
+            assert np.array_equal(got, product(lib, q, d, m, x))
             idx = rng.choice(300, 50, replace=False)
             qv = native.q8act_layout(lib, q, layout[0])
             assert np.array_equal(native.q8act_gather(lib, qv, d, m, idx, x[0]),

@@ -185,6 +185,12 @@ PARALLEL_MIN_WEIGHTS = 1 << 18  # smaller products run in the calling thread. Si
 # interleaved A/B run (2 threads; the LM head 27.8 -> 22.9 ms, gate+up 0.51 -> 0.32 ms)
 
 
+POOL = os.environ.get("TURBOSPEC_POOL", "1").strip().lower() not in ("0", "off", "no", "false")
+POOL_MIN_WEIGHTS = 1 << 16  # decode products split their rows over the threads in C (pool.c, ~1 µs
+# a split while its helpers spin) from this size on: every layer product of the default model.
+# ``TURBOSPEC_POOL=0`` goes back to the Python crew below (split from 2M weights on).
+
+
 NATIVE_PARALLEL_MIN_WEIGHTS = 1 << 21  # the same rule on the native kernel, which streams a
 # matrix at DRAM speed: there a split pays for its hand-off only from ~2M weights on. The default
 # model's q+k+v (0.98M), attn_output (0.66M) and ffn_down (1.3M) run in the calling thread,
@@ -273,8 +279,19 @@ class _RowProducts:
     def tile_rows(self) -> int:
         return max(16, self.TILE_ELEMS // self.q.shape[1] // 16 * 16)
 
+    def _pool(self, lib, x: np.ndarray, out: np.ndarray, threads: int) -> None:
+        raise NotImplementedError
+
     def apply(self, x: np.ndarray) -> np.ndarray:
-        native_path = self._native_ok and native.library() is not None
+        lib = native.library() if self._native_ok else None
+        if lib is not None and POOL and x.size <= ROW_LOOP_MAX * x.shape[-1]:
+            # decode / verification: one native call, rows split over the threads in C (pool.c)
+            x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+            out = np.empty((x2.shape[0], self.shape[0]), np.float32)
+            small = self.shape[0] * self.shape[1] < POOL_MIN_WEIGHTS
+            self._pool(lib, x2, out, 1 if small else n_workers())
+            return out.reshape(*x.shape[:-1], self.shape[0])
+        native_path = lib is not None
         return _parallel_rows(self._range, x, self.q.shape[0], NATIVE_PARALLEL_MIN_WEIGHTS if native_path else None)
 
     def apply_serial(self, x: np.ndarray) -> np.ndarray:
@@ -329,6 +346,9 @@ class RowInt16(_RowProducts):
             np.matmul(t, h, out=out[a:b])
         out *= self.s[idx]
         return out
+
+    def _pool(self, lib, x: np.ndarray, out: np.ndarray, threads: int) -> None:
+        native.pool_matmul(lib, "rowint16", self.q, self.s, None, x, out, threads)
 
     def _range(self, x: np.ndarray, out: np.ndarray, r0: int, r1: int) -> None:
         if x.shape[0] <= ROW_LOOP_MAX and self._native_ok:
@@ -510,6 +530,13 @@ class BlockInt8(_RowProducts):
             b = min(a + 512, idx.size)
             np.matmul(self.rows(idx[a:b]), h, out=out[a:b])
         return out
+
+    def _pool(self, lib, x: np.ndarray, out: np.ndarray, threads: int) -> None:
+        p = self._int8_path()
+        if p is not None:
+            native.pool_matmul(lib, "q8act", p[1], self.d, self.m, x, out, threads)
+        else:
+            native.pool_matmul(lib, "blockint8", self.q, self.d, self.m, x, out, threads)
 
     def _range(self, x: np.ndarray, out: np.ndarray, r0: int, r1: int) -> None:
         if x.shape[0] <= ROW_LOOP_MAX and self._native_ok:

@@ -3,7 +3,8 @@ and loaded with ctypes. The CPU engine stays NumPy; these replace only the few p
 NumPy has no batch-invariant fast path (engine/linear.py says which), the f16 cache's widening
 (f16.c) and one decode token's attention over an f16 cache (attn.c, where NumPy's ~25 small calls
 a layer cost more than the arithmetic) and, for decode batches, block-int8 weights times int8
-activations (q8act.c, AVX-512 VNNI, AVX-VNNI or AVX2; linear.ACT_INT8). Each kernel has its
+activations (q8act.c, AVX-512 VNNI, AVX-VNNI or AVX2; linear.ACT_INT8); pool.c splits a decode
+product's rows over the threads in one call. Each kernel has its
 NumPy reference in the module that calls it, and tests compare them (tests/engine/test_native.py,
 test_blockint8.py, test_native_attn.py, test_q8act.py).
 
@@ -31,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("rowint16.c", "f16.c", "attn.c", "q8act.c")
-CFLAGS = ("-O3", "-std=c11", "-shared", "-fPIC", "-ffp-contract=off", "-fno-strict-aliasing")
+SOURCES = ("rowint16.c", "f16.c", "attn.c", "q8act.c", "pool.c")
+CFLAGS = ("-O3", "-std=c11", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-strict-aliasing")
 ARCH_FLAGS = (("-march=native",), ())  # tried in order: the first that builds wins
 
 _lock = threading.Lock()
@@ -137,6 +138,14 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.ts_q8act_matmul.restype = ctypes.c_int
     lib.ts_q8act_gather.argtypes = [P, P, P, L, L, P, L, P, P]
     lib.ts_q8act_gather.restype = ctypes.c_int
+    lib.ts_pool_rowint16.argtypes = [P, P, L, P, L, P, L, L, L]
+    lib.ts_pool_rowint16.restype = ctypes.c_int
+    lib.ts_pool_blockint8.argtypes = [P, P, P, L, L, P, L, P, L, L, L]
+    lib.ts_pool_blockint8.restype = ctypes.c_int
+    lib.ts_pool_q8act.argtypes = [P, P, P, L, L, P, L, P, L, L, L]
+    lib.ts_pool_q8act.restype = ctypes.c_int
+    lib.ts_pool_threads.restype = ctypes.c_int
+    lib.ts_pool_stop.restype = ctypes.c_int
 
 
 def _load() -> tuple[ctypes.CDLL | None, NativeStatus]:
@@ -285,6 +294,24 @@ def q8act_matmul(lib: ctypes.CDLL, qv: np.ndarray, d: np.ndarray, m: np.ndarray 
                              out.shape[1], r0, r1)
     if rc:
         raise ValueError(f"ts_q8act_matmul: K = {K}, G = {G} (16 or 32, dividing K), T = {T} (1..32)")
+
+
+def pool_matmul(lib: ctypes.CDLL, kind: str, q: np.ndarray, d: np.ndarray, m: np.ndarray | None, x: np.ndarray,
+                out: np.ndarray, threads: int) -> None:
+    """The whole of ``out`` (T, rows) in one call, its rows split over ``threads`` threads by
+    pool.c (the caller included): ``kind`` "rowint16" (q int16, d = the row scales s, m None),
+    "blockint8" (q int8 row-major) or "q8act" (q = q8act_layout(q)); the same arrays and bits as
+    the serial calls over any row ranges."""
+    T, K = x.shape
+    rows = out.shape[1]
+    if kind == "rowint16":
+        rc = lib.ts_pool_rowint16(_ptr(q), _ptr(d), K, _ptr(x), T, _ptr(out), rows, rows, threads)
+    else:
+        fn = lib.ts_pool_q8act if kind == "q8act" else lib.ts_pool_blockint8
+        rc = fn(_ptr(q), _ptr(d), None if m is None else _ptr(m), K // d.shape[1], K, _ptr(x), T, _ptr(out), rows,
+                rows, threads)
+    if rc:
+        raise ValueError(f"pool {kind}: K = {K}, T = {T} (<= 32), groups {d.shape} do not fit the kernel")
 
 
 def q8act_gather(lib: ctypes.CDLL, qv: np.ndarray, d: np.ndarray, m: np.ndarray | None, idx: np.ndarray,

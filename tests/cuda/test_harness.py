@@ -65,7 +65,11 @@ def test_partial_mask_and_block_sum(lib):
     lane = i % 32
     exp = np.where(lane < 16, x[i ^ 1], x)
     np.testing.assert_array_equal(out[:256], exp)
-    np.testing.assert_allclose(out[256:], x.reshape(2, 128).sum(1), rtol=1e-5)
+    # float32 sums in another order differ by about n·eps·sum|x|; a sum that
+    # cancels near zero makes a relative bound flaky, so bound by sum|x|
+    blocks = x.reshape(2, 128).astype(np.float64)
+    tol = 128 * np.finfo(np.float32).eps * np.abs(blocks).sum(1)
+    assert np.all(np.abs(out[256:] - blocks.sum(1)) <= tol), (out[256:], blocks.sum(1))
 
 
 def test_atomics(lib):

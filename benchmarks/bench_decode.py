@@ -162,7 +162,8 @@ def profile_turbospec(args) -> dict:
 def bench_llamacpp(args) -> dict | None:
     try:
         import llama_cpp
-    except ImportError:
+    except ImportError as e:  # the peer is optional; say why it is missing from the table
+        print(f"bench_decode: no llama.cpp peer ({e}); install it with `pip install -e '.[bench]'`", file=sys.stderr)
         return None
     from turbospec.engine.loader import default_model_path
 

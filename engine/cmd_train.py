@@ -58,6 +58,19 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_train_assistant)
 
 
+def _train_counts(path: str) -> tuple[int, int]:
+    """(target tokens, steps) recorded in an assistant GGUF by train-assistant; (0, 0) if absent."""
+    import gguf
+
+    r = gguf.GGUFReader(path)
+
+    def get(key: str) -> int:
+        f = r.fields.get(key)
+        return int(f.parts[f.data[0]][0]) if f is not None and f.data else 0
+
+    return get("turbospec.train.target_tokens"), get("turbospec.train.steps")
+
+
 def cmd_train_assistant(args) -> int:
     try:
         import torch
@@ -106,11 +119,13 @@ def cmd_train_assistant(args) -> int:
                         top_k_clusters=args.top_k_clusters, epochs=args.epochs, max_steps=args.steps, lr=args.lr,
                         batch_seqs=args.batch_seqs, qtype=args.qtype, seed=args.seed, init=args.init or "")
     model, order, summary = at.train(model_path, work, tc, resume=args.resume or args.phase == "train", log=log)
+    # a fine-tune (--init) counts the data and steps behind the assistant it started from as well
+    prior = _train_counts(args.init) if args.init else (0, 0)
     at.write_gguf(model, order, out, tok.tokens, args.qtype, extra={
         "general.name": f"MTP assistant for {model_path.name}",
         "general.source.description": "distilled from the target model (a Gemma model)",
-        "turbospec.train.target_tokens": int(summary["n_tokens"]),
-        "turbospec.train.steps": int(summary["steps"]),
+        "turbospec.train.target_tokens": prior[0] + int(summary["n_tokens"]),
+        "turbospec.train.steps": prior[1] + int(summary["steps"]),
     })
     log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {summary['n_tokens']} target tokens, "
         f"{summary['steps']} steps, {time.perf_counter() - t0:.0f} s")

@@ -170,6 +170,12 @@ def test_tiny_training_loss_falls_and_file_drafts(target, tiny_gguf, tmp_path, c
     assert "starting from" in err and first and first[0] < 0.8 * losses[0], err
     b = Gemma4Assistant.load(out2)
     assert np.array_equal(b.token_ordering, a.token_ordering)
+    # the fine-tune's file counts the data and steps behind its --init as well as its own
+    from turbospec.engine.cmd_train import _train_counts
+
+    tok_a, steps_a = _train_counts(str(out))
+    tok_b, steps_b = _train_counts(str(out2))
+    assert steps_a == 50 and steps_b == steps_a + 2 and tok_a > 0 and tok_b == 2 * tok_a
     assert main(base2 + ["--out", str(out2), "--phase", "train", "--steps", "2", "--init",
                          str(tmp_path / "none.gguf")]) == 2
     assert "--init" in capsys.readouterr().err

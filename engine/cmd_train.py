@@ -60,15 +60,13 @@ def register(sub) -> None:
 
 def _train_counts(path: str) -> tuple[int, int]:
     """(target tokens, steps) recorded in an assistant GGUF by train-assistant; (0, 0) if absent."""
-    import gguf
+    from turbospec.engine.gguf import GGUFFile
 
-    r = gguf.GGUFReader(path)
-
-    def get(key: str) -> int:
-        f = r.fields.get(key)
-        return int(f.parts[f.data[0]][0]) if f is not None and f.data else 0
-
-    return get("turbospec.train.target_tokens"), get("turbospec.train.steps")
+    g = GGUFFile.open(path)
+    try:
+        return int(g.get("turbospec.train.target_tokens", 0)), int(g.get("turbospec.train.steps", 0))
+    finally:
+        g.close()
 
 
 def cmd_train_assistant(args) -> int:

@@ -15,7 +15,9 @@ a cheaper c(1). Tokens share each row read but keep their own fixed summation or
 verification stays bit-identical to decoding alone. The rest of a token's cost in a batch is
 per-token work: attention (verification attends token by token; ~1 ms a token with the native f16
 step, engine/native/attn.c, 2.5 ms before it), the small layer products' FMA passes, norms and
-RoPE. Measured 2026-12-05 00:48: c(1) 16.6 ms, c(T)/c(1) 1.24 / 1.44 / 1.82 / 2.27 / 2.61 for
+RoPE. Measured 2026-12-06 16:35 (AMD EPYC, after q8act's packed tail windows and 8 tokens a
+pass): c(1) 11.3 ms, c(T)/c(1) 1.10 / 1.28 / 1.41 / 1.54 / 1.72 for T = 2..6 (13:50, before: 11.9 ms,
+1.23 / 1.37 / 1.51 / 1.83 / 2.03). 2026-12-05 00:48: c(1) 16.6 ms, c(T)/c(1) 1.24 / 1.44 / 1.82 / 2.27 / 2.61 for
 T = 2..6 (2026-12-04 22:36, NumPy attention: 18.8 ms, 1.18 / 1.58 / 1.82 / 2.56 / 2.83; 18:14,
 int16 kernel: c(1) 27.5 ms, 1.23 / 1.47 / 1.63 for T = 2..4).
 

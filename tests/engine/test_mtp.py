@@ -531,3 +531,36 @@ def test_lookup_first_in_the_loop_is_exact_and_traces_each_rounds_drafter(target
     assert main(base + ["--spec", "mtp", "--mtp-head", str(head), "--draft-lookup", "2", "--mtp-draft-max", "1",
                         "--draft-block-size", "5"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tokens"] == plain.tokens
+
+
+def test_step_accuracy_bench_matches_the_greedy_loop(target, tmp_path):
+    """benchmarks/bench_assistant_steps.py: for every anchor, its chained row is exactly "the
+    loop's drafts (Gemma4Assistant.draft, fed its own tokens) equal the text so far", and an
+    anchor whose continuation IS the assistant's draft scores all steps right."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_assistant_steps", Path(__file__).resolve().parents[2] / "benchmarks" / "bench_assistant_steps.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model, tok = target
+    a = Gemma4Assistant.load(write_random(tmp_path / "a.gguf", model, tok.tokens, seed=11))
+    a.validate(model, tok.tokens)
+    rng = np.random.default_rng()
+    S = 4
+    prefix = tok.encode(PROMPT, add_bos=True)
+    s0 = Session(model)
+    _, h0 = model.forward(prefix, s0.cache, logits_rows=None)
+    t0 = len(prefix) - 2
+    own = a.draft(model, s0.cache, prefix[-1], h0[t0], t0, S)
+    text = prefix + own + [int(x) for x in rng.integers(5, model.cfg.n_vocab, 8)]
+    s = Session(model)
+    _, H = model.forward(text, s.cache, logits_rows=None)
+    right, chained = bench.step_accuracy(model, a, s.cache, text, H, 0, S)
+    assert right.shape == chained.shape == (len(text) - S - 1, S)
+    assert chained[t0].all() and right[t0].all()
+    for t in range(len(chained)):
+        d = a.draft(model, s.cache, text[t + 1], H[t], t, S)
+        want = np.logical_and.accumulate([d[k] == text[t + 2 + k] for k in range(S)])
+        np.testing.assert_array_equal(chained[t], want)
+        assert right[t][0] == want[0]

@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         rows[kind] = {"anchors": len(right), "teacher_forced": acc.tolist(), "chained": chained.tolist(),
                       "conditional": cond.tolist(), "independent": np.cumprod(acc).tolist()}
     head = args.mtp_head or "the shipped assistant"
-    print(f"MTP assistant step accuracy: {head}, {sum(seen.values())} held-out prompts x {args.n_predict} greedy tokens, "
-          f"{rows['all']['anchors']} anchors\n")
+    print(f"MTP assistant step accuracy: {head}, {sum(seen.values())} held-out prompts x {args.n_predict} "
+          f"greedy tokens, {rows['all']['anchors']} anchors\n")
     print("| kind | measure | " + " | ".join(f"step {k}" for k in range(S)) + " |")
     print("|---|---|" + "---|" * S)
     for kind, r in rows.items():

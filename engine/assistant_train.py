@@ -502,6 +502,7 @@ class TrainConfig:
     n_neg: int = 2048  # random negatives per batch in the sampled softmax
     w_cluster: float = 0.5
     w_hidden: float = 1.0
+    w_soft: float = 0.0  # soft-label CE against the target's top-8 distribution (0 = argmax labels only)
     ckpt_every: int = 50
     seed: int = 0
     max_steps: int = 0  # 0 = from epochs
@@ -638,6 +639,7 @@ def make_batch(seqs: list[dict], cfg: AssistantConfig, target_cfg: Gemma3Config,
     H = torch.zeros(B, L, db)
     am = torch.full((B, L), -1, dtype=torch.long)
     topk = torch.full((B, L, TOPK), -1, dtype=torch.long)
+    topv = torch.zeros(B, L, TOPK)
     lens = torch.tensor([len(s["tokens"]) for s in seqs])
     kvs = {}
     for b, s in enumerate(seqs):
@@ -646,6 +648,8 @@ def make_batch(seqs: list[dict], cfg: AssistantConfig, target_cfg: Gemma3Config,
         H[b, :n] = torch.from_numpy(s["h"].astype(np.float32))
         am[b, :n] = torch.from_numpy(s["argmax"].astype(np.int64))
         topk[b, :n] = torch.from_numpy(s["topk"].astype(np.int64))
+        if "topv" in s:
+            topv[b, :n] = torch.from_numpy(s["topv"].astype(np.float32))
     for name in ("k_s", "v_s", "k_g", "v_g"):
         if name in seqs[0]:
             arr = torch.zeros((B, L) + seqs[0][name].shape[1:])
@@ -668,8 +672,19 @@ def make_batch(seqs: list[dict], cfg: AssistantConfig, target_cfg: Gemma3Config,
             m = m | (~m.any(-1, keepdim=True) & (j == 0))
             masks.append(m[:, None])
         steps.append({"tok": tok[:, pc], "pos": p[None].expand(B, L), "label": am[:, pc], "valid": valid,
-                      "topk": topk[:, pc], "h_target": H[:, pc], "masks": masks})
+                      "topk": topk[:, pc], "topv": topv[:, pc], "h_target": H[:, pc], "masks": masks})
     return {"H": H, "kv": kv, "steps": steps}
+
+
+def soft_ce(logits: torch.Tensor, cand: torch.Tensor, topk: torch.Tensor, topv: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the assistant's softmax over the candidates (logits (n, len(cand)), cand
+    sorted and holding every recorded id) against the target's distribution renormalised over its
+    recorded top-8 (topk ids, -1 = none; topv their logits): -sum_i p_i log q(topk_i), averaged over
+    rows. Richer than the argmax label alone: it says how close the runner-up tokens were."""
+    ok = topk >= 0
+    p = torch.softmax(topv.masked_fill(~ok, float("-inf")), -1)
+    logq = torch.log_softmax(logits, -1).gather(1, torch.searchsorted(cand, topk.clamp(min=0)))
+    return -(p * logq).masked_fill(~ok, 0.0).sum(-1).mean()
 
 
 def batch_loss(model: TorchAssistant, batch: dict, cluster_of: torch.Tensor | None, tc: TrainConfig,
@@ -695,6 +710,10 @@ def batch_loss(model: TorchAssistant, batch: dict, cluster_of: torch.Tensor | No
         ht = st["h_target"][v]
         l_hid = ((hi - ht) ** 2).mean() / (ht * ht).mean().clamp(min=1e-6)
         loss = l_tok + tc.w_hidden * l_hid
+        if tc.w_soft:
+            l_soft = soft_ce(logits, cand, st["topk"][v], st["topv"][v])
+            loss = loss + tc.w_soft * l_soft
+            stats[f"soft{k}"] = float(l_soft.detach())
         if cluster_of is not None:
             l_cl = F.cross_entropy(hi @ model.centroids.T, cluster_of[lab])
             loss = loss + tc.w_cluster * l_cl

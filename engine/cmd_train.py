@@ -43,6 +43,9 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=float, default=2.0, help="passes over the data (default 2)")
     p.add_argument("--steps", type=int, default=0, help="optimizer steps (overrides --epochs)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--soft-weight", type=float, default=0.0, metavar="W",
+                   help="add W x the cross-entropy against the target's top-8 distribution to the argmax loss "
+                        "(default 0: argmax labels only)")
     p.add_argument("--batch-seqs", type=int, default=4, help="sequences per training step (default 4)")
     p.add_argument("--type", dest="qtype", choices=["f32", "f16", "q8_0"], default="q8_0",
                    help="weight type of the written matrices (default q8_0)")
@@ -84,6 +87,8 @@ def cmd_train_assistant(args) -> int:
     if args.threads < 1:
         raise UserError(f"--threads {args.threads} must be 1 or more")
     torch.set_num_threads(args.threads)
+    if not 0.0 <= args.soft_weight <= 100.0:
+        raise UserError(f"--soft-weight {args.soft_weight} must be between 0 and 100")
     for name in ("tokens", "batch", "max_new", "layers", "n_ff", "heads", "draft_steps", "batch_seqs"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be 1 or more")
@@ -115,7 +120,8 @@ def cmd_train_assistant(args) -> int:
             return 0
     tc = at.TrainConfig(n_layer=args.layers, n_ff=args.n_ff, n_head=args.heads, draft_steps=args.draft_steps,
                         top_k_clusters=args.top_k_clusters, epochs=args.epochs, max_steps=args.steps, lr=args.lr,
-                        batch_seqs=args.batch_seqs, qtype=args.qtype, seed=args.seed, init=args.init or "")
+                        batch_seqs=args.batch_seqs, w_soft=args.soft_weight, qtype=args.qtype, seed=args.seed,
+                        init=args.init or "")
     model, order, summary = at.train(model_path, work, tc, resume=args.resume or args.phase == "train", log=log)
     # a fine-tune (--init) counts the data and steps behind the assistant it started from as well
     prior = _train_counts(args.init) if args.init else (0, 0)

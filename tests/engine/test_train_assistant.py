@@ -235,3 +235,43 @@ def test_torch_assistant_step_matches_numpy_inference(target, tiny_gguf, tmp_pat
         for k in range(3):
             h_in, h = a.step(model, s.cache, ids[t + 1 + k], h, t, k)
             np.testing.assert_allclose(outs[k][t], h_in, rtol=2e-3, atol=2e-3 * np.abs(h_in).max())
+
+
+def test_soft_ce_matches_a_plain_loop():
+    """--soft-weight's loss: -sum_i p_i log q(topk_i), p = softmax of the recorded top-8 logits
+    over the recorded ids, q = softmax over the candidates; fresh random inputs, missing ids (-1)."""
+    g = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    n, V = 5, 300
+    cand = torch.unique(torch.randint(V, (120,), generator=g))
+    topk = cand[torch.randint(len(cand), (n, at.TOPK), generator=g)]
+    topk[1, 5:] = -1
+    topk[3, 1:] = -1
+    topv = torch.randn(n, at.TOPK, generator=g) * 3
+    logits = torch.randn(n, len(cand), generator=g) * 2
+    got = float(at.soft_ce(logits, cand, topk, topv))
+    want = 0.0
+    for r in range(n):
+        ids = [(int(t), float(v)) for t, v in zip(topk[r], topv[r], strict=True) if int(t) >= 0]
+        z = sum(np.exp(v) for _, v in ids)
+        lse = float(np.log(np.exp(logits[r].double().numpy()).sum()))
+        col = {int(c): j for j, c in enumerate(cand)}
+        want += -sum(np.exp(v) / z * (float(logits[r, col[t]]) - lse) for t, v in ids)
+    assert got == pytest.approx(want / n, rel=1e-5)
+
+
+def test_training_with_soft_labels_runs_and_checks_its_weight(target, tiny_gguf, tmp_path, capsys):
+    from turbospec.cli import main
+
+    work, out = tmp_path / "work", tmp_path / "a.gguf"
+    pf = tmp_path / "prompts.txt"
+    pf.write_text("".join(f"{k}\t{t}\n" for k, t in PROMPTS))
+    args = ["train-assistant", "--out", str(out), "-m", str(tiny_gguf), "--work", str(work), "--prompts", str(pf),
+            "--tokens", "60", "--batch", "3", "--max-new", "12", "--layers", "2", "--n-ff", "64", "--heads", "4",
+            "--steps", "20", "--lr", "3e-3", "--batch-seqs", "3", "--type", "f16", "--threads", "1"]
+    assert main(args + ["--soft-weight", "-1"]) == 2
+    assert "--soft-weight -1.0 must be between 0 and 100" in capsys.readouterr().err
+    assert main(args + ["--soft-weight", "1.0"]) == 0
+    err = capsys.readouterr().err
+    softs = [float(ln.split("soft0=")[1].split()[0]) for ln in err.splitlines() if "soft0=" in ln]
+    assert len(softs) == 2 and softs[-1] < softs[0], err
+    Gemma4Assistant.load(out)

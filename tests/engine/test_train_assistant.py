@@ -5,6 +5,7 @@ written GGUF loads, validates and drafts exactly in the speculative loop)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,18 @@ def target(tiny_gguf):
     torch.set_num_threads(1)
     m = load_model(tiny_gguf, storage="f32", quiet=True)
     return m, load_tokenizer(m)
+
+
+def tiny_train_args(tmp_path, tiny_gguf, tokens: int, max_new: int, steps: int) -> tuple[list[str], Path, Path]:
+    """A train-assistant command line for the tiny model: (args, work folder, output file)."""
+    work, out = tmp_path / "work", tmp_path / "a.gguf"
+    pf = tmp_path / "prompts.txt"
+    pf.write_text("".join(f"{k}\t{t}\n" for k, t in PROMPTS))
+    args = ["train-assistant", "--out", str(out), "-m", str(tiny_gguf), "--work", str(work), "--prompts", str(pf),
+            "--tokens", str(tokens), "--batch", "3", "--max-new", str(max_new), "--layers", "2", "--n-ff", "64",
+            "--heads", "4", "--steps", str(steps), "--lr", "3e-3", "--batch-seqs", "3", "--type", "f16",
+            "--threads", "1"]
+    return args, work, out
 
 
 def test_torch_target_matches_numpy_engine(target, tiny_gguf):
@@ -137,12 +150,7 @@ def test_tiny_training_loss_falls_and_file_drafts(target, tiny_gguf, tmp_path, c
     from turbospec.cli import main
 
     model, tok = target
-    work, out = tmp_path / "work", tmp_path / "a.gguf"
-    pf = tmp_path / "prompts.txt"
-    pf.write_text("".join(f"{k}\t{t}\n" for k, t in PROMPTS))
-    args = ["train-assistant", "--out", str(out), "-m", str(tiny_gguf), "--work", str(work), "--prompts", str(pf),
-            "--tokens", "150", "--batch", "3", "--max-new", "16", "--layers", "2", "--n-ff", "64", "--heads", "4",
-            "--steps", "40", "--lr", "3e-3", "--batch-seqs", "3", "--type", "f16", "--threads", "1"]
+    args, work, out = tiny_train_args(tmp_path, tiny_gguf, tokens=150, max_new=16, steps=40)
     assert main(args) == 0
     err = capsys.readouterr().err
     losses = [float(ln.split(" loss ")[1].split()[0]) for ln in err.splitlines() if " loss " in ln]
@@ -262,12 +270,7 @@ def test_soft_ce_matches_a_plain_loop():
 def test_training_with_soft_labels_runs_and_checks_its_weight(target, tiny_gguf, tmp_path, capsys):
     from turbospec.cli import main
 
-    work, out = tmp_path / "work", tmp_path / "a.gguf"
-    pf = tmp_path / "prompts.txt"
-    pf.write_text("".join(f"{k}\t{t}\n" for k, t in PROMPTS))
-    args = ["train-assistant", "--out", str(out), "-m", str(tiny_gguf), "--work", str(work), "--prompts", str(pf),
-            "--tokens", "60", "--batch", "3", "--max-new", "12", "--layers", "2", "--n-ff", "64", "--heads", "4",
-            "--steps", "20", "--lr", "3e-3", "--batch-seqs", "3", "--type", "f16", "--threads", "1"]
+    args, work, out = tiny_train_args(tmp_path, tiny_gguf, tokens=60, max_new=12, steps=20)
     assert main(args + ["--soft-weight", "-1"]) == 2
     assert "--soft-weight -1.0 must be between 0 and 100" in capsys.readouterr().err
     assert main(args + ["--soft-weight", "1.0"]) == 0

@@ -28,6 +28,7 @@ several sittings (``--resume``):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -785,6 +786,9 @@ def train(model_path: Path, work: Path, tc: TrainConfig, resume: bool,
         log(f"train: starting from {tc.init} (its weights, centroids and token_ordering)")
     seqs = [s for s in load_shards(work, man) if (s["argmax"] >= 0).sum() > 0]
     n_tok = sum(int((s["argmax"] >= 0).sum()) for s in seqs)
+    if tc.w_soft and not all("topv" in s for s in seqs):
+        raise UserError(f"--soft-weight needs the target's top-8 logits (topv), which some shard in {work} does "
+                        "not record (written by an older turbospec); pass --soft-weight 0 or regenerate the data")
     n_batches = max(1, math.ceil(len(seqs) / tc.batch_seqs))
     total = tc.max_steps or max(1, int(tc.epochs * n_batches))
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=0.0)
@@ -828,7 +832,25 @@ def train(model_path: Path, work: Path, tc: TrainConfig, resume: bool,
             if step % tc.ckpt_every == 0:
                 save()
     save()
-    return model, order, {"n_tokens": n_tok, "n_seqs": len(seqs), "steps": step, "losses": hist}
+    return model, order, {"n_tokens": n_tok, "n_seqs": len(seqs), "steps": step, "losses": hist,
+                          "shards": shard_ids(work, man)}
+
+
+def shard_ids(work: Path, man: dict) -> list[str]:
+    """One id per shard, 'HASH:nTOKENS' (HASH = blake2b of its token ids, seed and job ids): the same generated text has
+    the same id in any work folder, so a fine-tune counts only the data its --init has not seen."""
+    ids = []
+    for s in man["shards"]:
+        t = np.ascontiguousarray(np.load(work / s["file"])["tokens"], np.int64)
+        h = hashlib.blake2b(t.tobytes(), digest_size=8)
+        h.update(f"seed {s['seed']} jobs {s['jobs']}".encode())  # two jobs may write the same text
+        ids.append(f"{h.hexdigest()}:n{s['n_tokens']}")
+    return ids
+
+
+def count_shard_tokens(ids) -> int:
+    """Target tokens in a set of shard ids (each ends in :nTOKENS)."""
+    return sum(int(i.rsplit(":n", 1)[1]) for i in set(ids))
 
 
 def write_gguf(model: TorchAssistant, order: np.ndarray, out: Path, tokens: list[str], qtype: str,

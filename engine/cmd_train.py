@@ -58,18 +58,44 @@ def register(sub) -> None:
     p.add_argument("--init", default=None, metavar="GGUF",
                    help="start training from this assistant (its weights, centroids and token_ordering) instead "
                    "of a fresh one, e.g. to fine-tune the shipped assistant on more data")
+    p.add_argument("--init-tokens", type=int, default=None, metavar="N",
+                   help="target tokens behind --init that --work does not hold, for an --init file that does not "
+                   "record its shards (older files); default: all it records. Files written now record their "
+                   "shards and are counted exactly")
     p.set_defaults(func=cmd_train_assistant)
 
 
-def _train_counts(path: str) -> tuple[int, int]:
-    """(target tokens, steps) recorded in an assistant GGUF by train-assistant; (0, 0) if absent."""
+def _train_counts(path: str) -> tuple[int, int, list[str] | None]:
+    """(target tokens, steps, shard ids or None) recorded in an assistant GGUF by train-assistant;
+    (0, 0, None) if absent."""
     from turbospec.engine.gguf import GGUFFile
 
     g = GGUFFile.open(path)
     try:
-        return int(g.get("turbospec.train.target_tokens", 0)), int(g.get("turbospec.train.steps", 0))
+        ids = g.get("turbospec.train.shards")
+        return (int(g.get("turbospec.train.target_tokens", 0)), int(g.get("turbospec.train.steps", 0)),
+                [str(i) for i in ids] if ids is not None else None)
     finally:
         g.close()
+
+
+def _data_behind(prior: tuple[int, int, list[str] | None], new_ids: list[str], init_tokens: int | None,
+                 log) -> tuple[int, list[str]]:
+    """(distinct target tokens, shard ids) behind a fine-tune: the --init file's data and this run's,
+    each shard counted once. Tokens the --init file records beyond its shard ids (data from before
+    files recorded them) count once, as --init-tokens says or, without it, in full."""
+    from turbospec.engine.assistant_train import count_shard_tokens
+
+    tokens, _, ids = prior
+    ids = ids or []
+    legacy = max(0, tokens - count_shard_tokens(ids))
+    if init_tokens is not None:
+        legacy = init_tokens
+    elif legacy and not ids:
+        log(f"train: the --init file records {tokens} target tokens but not its shards; counting them all as "
+            "data --work does not hold (pass --init-tokens N if it does)")
+    union = sorted(set(ids) | set(new_ids))
+    return legacy + count_shard_tokens(union), union
 
 
 def cmd_train_assistant(args) -> int:
@@ -99,6 +125,8 @@ def cmd_train_assistant(args) -> int:
     has_work = (work / at.MANIFEST).exists() or (work / at.CKPT).exists()
     if has_work and not args.resume and args.phase == "all":
         raise UserError(f"{work} already holds training work; pass --resume to continue it, or another --work")
+    if args.init_tokens is not None and (args.init_tokens < 0 or not args.init):
+        raise UserError(f"--init-tokens {args.init_tokens} needs --init and must be 0 or more")
     if args.init and not Path(args.init).is_file():
         raise UserError(f"--init {args.init}: no such file; pass an assistant GGUF (e.g. the shipped one)")
     out = Path(args.out)
@@ -123,13 +151,16 @@ def cmd_train_assistant(args) -> int:
                         batch_seqs=args.batch_seqs, w_soft=args.soft_weight, qtype=args.qtype, seed=args.seed,
                         init=args.init or "")
     model, order, summary = at.train(model_path, work, tc, resume=args.resume or args.phase == "train", log=log)
-    # a fine-tune (--init) counts the data and steps behind the assistant it started from as well
-    prior = _train_counts(args.init) if args.init else (0, 0)
+    # a fine-tune (--init) counts the data and steps behind the assistant it started from as well,
+    # each shard once
+    prior = _train_counts(args.init) if args.init else (0, 0, None)
+    n_data, shards = _data_behind(prior, summary["shards"], args.init_tokens, log)
     at.write_gguf(model, order, out, tok.tokens, args.qtype, extra={
         "general.name": f"MTP assistant for {model_path.name}",
         "general.source.description": "distilled from the target model (a Gemma model)",
-        "turbospec.train.target_tokens": prior[0] + int(summary["n_tokens"]),
+        "turbospec.train.target_tokens": n_data,
         "turbospec.train.steps": prior[1] + int(summary["steps"]),
+        "turbospec.train.shards": shards,
     })
     log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {summary['n_tokens']} target tokens, "
         f"{summary['steps']} steps, {time.perf_counter() - t0:.0f} s")

@@ -490,7 +490,7 @@ def write_assistant_gguf(path: str | Path, cfg: AssistantConfig, tensors: dict[s
                          token_ordering: np.ndarray | None, tokens: list[str], qtype: str = "f16",
                          extra_keys: dict | None = None) -> Path:
     """Write an assistant GGUF in the fork's schema. Matrices as ``qtype`` (f32 | f16 | q8_0);
-    norms F32; token_ordering I32. ``extra_keys``: more string/int/float metadata."""
+    norms F32; token_ordering I32. ``extra_keys``: more string/int/float/array metadata."""
     import gguf
     from gguf import GGMLQuantizationType as Q
 
@@ -524,6 +524,8 @@ def write_assistant_gguf(path: str | Path, cfg: AssistantConfig, tensors: dict[s
             w.add_bool(k, v)
         elif isinstance(v, int):
             w.add_uint64(k, v)
+        elif isinstance(v, (list, tuple)):
+            w.add_array(k, list(v))
         else:
             w.add_float32(k, float(v))
     w.add_token_list(list(tokens))

@@ -178,12 +178,15 @@ def test_tiny_training_loss_falls_and_file_drafts(target, tiny_gguf, tmp_path, c
     assert "starting from" in err and first and first[0] < 0.8 * losses[0], err
     b = Gemma4Assistant.load(out2)
     assert np.array_equal(b.token_ordering, a.token_ordering)
-    # the fine-tune's file counts the data and steps behind its --init as well as its own
+    # the fine-tune's file counts the steps behind its --init as well as its own, and its data once:
+    # work2 holds the same shards as work, so the distinct target tokens stay the same
     from turbospec.engine.cmd_train import _train_counts
 
-    tok_a, steps_a = _train_counts(str(out))
-    tok_b, steps_b = _train_counts(str(out2))
-    assert steps_a == 50 and steps_b == steps_a + 2 and tok_a > 0 and tok_b == 2 * tok_a
+    tok_a, steps_a, ids_a = _train_counts(str(out))
+    tok_b, steps_b, ids_b = _train_counts(str(out2))
+    man = at.read_manifest(work)
+    assert steps_a == 50 and steps_b == steps_a + 2 and ids_a == ids_b and len(ids_a) == len(man["shards"])
+    assert tok_a == tok_b == man["n_tokens"] > 0
     assert main(base2 + ["--out", str(out2), "--phase", "train", "--steps", "2", "--init",
                          str(tmp_path / "none.gguf")]) == 2
     assert "--init" in capsys.readouterr().err
@@ -278,3 +281,30 @@ def test_training_with_soft_labels_runs_and_checks_its_weight(target, tiny_gguf,
     softs = [float(ln.split("soft0=")[1].split()[0]) for ln in err.splitlines() if "soft0=" in ln]
     assert len(softs) == 2 and softs[-1] < softs[0], err
     Gemma4Assistant.load(out)
+    # a shard without topv (an older turbospec's) cannot give soft labels: one line, not uniform targets
+    from turbospec.engine import assistant_train as at
+
+    f = work / at.read_manifest(work)["shards"][0]["file"]
+    z = dict(np.load(f))
+    del z["topv"]
+    np.savez(f, **z)
+    assert main(args + ["--soft-weight", "1.0", "--resume", "--steps", "21"]) == 2
+    assert "--soft-weight needs the target's top-8 logits (topv)" in capsys.readouterr().err
+
+
+def test_fine_tune_counts_each_shard_once():
+    from turbospec.engine.assistant_train import count_shard_tokens
+    from turbospec.engine.cmd_train import _data_behind
+
+    logs = []
+    a, b, c = "aa:n100", "bb:n30", "cc:n7"
+    assert count_shard_tokens([a, b, a]) == 130
+    # an --init file that records its shards: overlap counted once, plus what it had before recording them
+    assert _data_behind((130, 9, [a, b]), [b, c], None, logs.append) == (137, [a, b, c])
+    assert _data_behind((500, 9, [a, b]), [a], None, logs.append) == (500, [a, b])
+    assert not logs
+    # an older file (no shard ids): all its tokens count, with a line saying so, unless --init-tokens says
+    assert _data_behind((1000, 9, None), [a], None, logs.append) == (1100, [a])
+    assert len(logs) == 1 and "--init-tokens" in logs[0]
+    assert _data_behind((1000, 9, None), [a], 40, logs.append) == (140, [a])
+    assert _data_behind((0, 0, None), [a, b], None, logs.append) == (130, [a, b]) and len(logs) == 1

@@ -837,8 +837,8 @@ def train(model_path: Path, work: Path, tc: TrainConfig, resume: bool,
 
 
 def shard_ids(work: Path, man: dict) -> list[str]:
-    """One id per shard, 'HASH:nTOKENS' (HASH = blake2b of its token ids, seed and job ids): the same generated text has
-    the same id in any work folder, so a fine-tune counts only the data its --init has not seen."""
+    """One id per shard, 'HASH:nTOKENS' (HASH = blake2b of its token ids, seed and job ids): the same
+    shard has the same id in any work folder, so a fine-tune counts only data its --init has not seen."""
     ids = []
     for s in man["shards"]:
         t = np.ascontiguousarray(np.load(work / s["file"])["tokens"], np.int64)

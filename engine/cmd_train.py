@@ -163,7 +163,8 @@ def cmd_train_assistant(args) -> int:
         "turbospec.train.shards": shards,
     })
     log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {summary['n_tokens']} target tokens, "
-        f"{summary['steps']} steps, {time.perf_counter() - t0:.0f} s")
+        f"{summary['steps']} steps, {time.perf_counter() - t0:.0f} s; behind the file {n_data} distinct target "
+        f"tokens, {prior[1] + int(summary['steps'])} steps")
     # the file must load and validate against the target it was built for
     from turbospec.engine.models.gemma4_assistant import Gemma4Assistant
 

@@ -509,6 +509,8 @@ class TrainConfig:
     max_steps: int = 0  # 0 = from epochs
     qtype: str = "q8_0"
     init: str = ""  # an assistant GGUF to start from (its weights, centroids and token_ordering)
+    kv_cache: str = ""  # "K/V" cache types: also train on the source K/V as that cache hands them back
+    kv_cache_p: float = 0.5  # the share of sequences (drawn per batch) that see the round-tripped K/V
     extra: dict = field(default_factory=dict)
 
 
@@ -629,6 +631,22 @@ def load_init(path: str, cfg: AssistantConfig, target_arch: str) -> dict[str, np
     t = {k: np.ascontiguousarray(v, np.float32) for k, v in t.items()}
     t["order"] = a.token_ordering
     return t
+
+
+def cache_view(s: dict, type_k: str, type_v: str) -> dict[str, np.ndarray]:
+    """A sequence's source-layer K/V (k_s, v_s, k_g, v_g) as a type_k/type_v cache hands them to the
+    assistant at inference (LayerKV.roundtrip: encoded, decoded, unrotated), as f16 like the shards.
+    Only the K/V change: the target's own hidden states over such a cache are not re-run."""
+    from turbospec.engine.kv.cache import KVConfig, LayerKV
+
+    out = {}
+    for kn, vn in (("k_s", "v_s"), ("k_g", "v_g")):
+        if kn in s:
+            k = s[kn].astype(np.float32)
+            lay = LayerKV(0, k.shape[1], k.shape[2], False, 1 << 30, KVConfig(type_k=type_k, type_v=type_v))
+            kh, vh = lay.roundtrip(k, s[vn].astype(np.float32), np.arange(len(k)))
+            out[kn], out[vn] = kh.astype(np.float16), vh.astype(np.float16)
+    return out
 
 
 def make_batch(seqs: list[dict], cfg: AssistantConfig, target_cfg: Gemma3Config, K: int) -> dict:
@@ -789,6 +807,12 @@ def train(model_path: Path, work: Path, tc: TrainConfig, resume: bool,
     if tc.w_soft and not all("topv" in s for s in seqs):
         raise UserError(f"--soft-weight needs the target's top-8 logits (topv), which some shard in {work} does "
                         "not record (written by an older turbospec); pass --soft-weight 0 or regenerate the data")
+    views = []
+    if tc.kv_cache:
+        t0 = time.perf_counter()
+        views = [cache_view(s, *tc.kv_cache.split("/")) for s in seqs]
+        log(f"train: source K/V through a {tc.kv_cache} cache for {tc.kv_cache_p:.0%} of the sequences "
+            f"({time.perf_counter() - t0:.0f} s)")
     n_batches = max(1, math.ceil(len(seqs) / tc.batch_seqs))
     total = tc.max_steps or max(1, int(tc.epochs * n_batches))
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=0.0)
@@ -818,7 +842,11 @@ def train(model_path: Path, work: Path, tc: TrainConfig, resume: bool,
             lr = tc.lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / total))
             for pg in opt.param_groups:
                 pg["lr"] = lr
-            batch = make_batch([seqs[i] for i in perm[a : a + tc.batch_seqs]], cfg, tcfg, tc.draft_steps)
+            chosen = [seqs[i] for i in perm[a : a + tc.batch_seqs]]
+            if views:  # these sequences read the K/V the quantized cache would give them
+                chosen = [dict(sq, **views[i]) if rng.random() < tc.kv_cache_p else sq
+                          for sq, i in zip(chosen, perm[a : a + tc.batch_seqs], strict=True)]
+            batch = make_batch(chosen, cfg, tcfg, tc.draft_steps)
             loss, stats = batch_loss(model, batch, cluster_of, tc, gen)
             opt.zero_grad()
             loss.backward()

@@ -58,6 +58,12 @@ def register(sub) -> None:
     p.add_argument("--init", default=None, metavar="GGUF",
                    help="start training from this assistant (its weights, centroids and token_ordering) instead "
                    "of a fresh one, e.g. to fine-tune the shipped assistant on more data")
+    p.add_argument("--train-cache", default="", metavar="K/V",
+                   help="also train on the source layers' K/V as a cache of these types hands them back (e.g. "
+                   "q8_0/turbo3: encoded, decoded, unrotated), for the share --train-cache-p of the sequences; "
+                   "default: f16 K/V only")
+    p.add_argument("--train-cache-p", type=float, default=0.5, metavar="P",
+                   help="share of the sequences, drawn per batch, that see --train-cache's K/V (default 0.5)")
     p.add_argument("--init-tokens", type=int, default=None, metavar="N",
                    help="target tokens behind --init that --work does not hold, for an --init file that does not "
                    "record its shards (older files); default: all it records. Files written now record their "
@@ -125,6 +131,16 @@ def cmd_train_assistant(args) -> int:
     has_work = (work / at.MANIFEST).exists() or (work / at.CKPT).exists()
     if has_work and not args.resume and args.phase == "all":
         raise UserError(f"{work} already holds training work; pass --resume to continue it, or another --work")
+    if args.train_cache:
+        from turbospec.engine.kv.cache import cache_type_names
+
+        pair = args.train_cache.split("/")
+        bad = [t for t in pair if t not in cache_type_names()]
+        if len(pair) != 2 or bad:
+            raise UserError(f"--train-cache {args.train_cache!r} must be K/V with types from "
+                            f"{', '.join(cache_type_names())} (e.g. q8_0/turbo3)")
+    if not 0.0 < args.train_cache_p <= 1.0:
+        raise UserError(f"--train-cache-p {args.train_cache_p} must be in (0, 1]")
     if args.init_tokens is not None and (args.init_tokens < 0 or not args.init):
         raise UserError(f"--init-tokens {args.init_tokens} needs --init and must be 0 or more")
     if args.init and not Path(args.init).is_file():
@@ -149,7 +165,7 @@ def cmd_train_assistant(args) -> int:
     tc = at.TrainConfig(n_layer=args.layers, n_ff=args.n_ff, n_head=args.heads, draft_steps=args.draft_steps,
                         top_k_clusters=args.top_k_clusters, epochs=args.epochs, max_steps=args.steps, lr=args.lr,
                         batch_seqs=args.batch_seqs, w_soft=args.soft_weight, qtype=args.qtype, seed=args.seed,
-                        init=args.init or "")
+                        init=args.init or "", kv_cache=args.train_cache, kv_cache_p=args.train_cache_p)
     model, order, summary = at.train(model_path, work, tc, resume=args.resume or args.phase == "train", log=log)
     # a fine-tune (--init) counts the data and steps behind the assistant it started from as well,
     # each shard once

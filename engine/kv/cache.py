@@ -279,6 +279,26 @@ class LayerKV:
                 ) from None
         return out[0], out[1], ko
 
+    def roundtrip(self, k: np.ndarray, v: np.ndarray, qpos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """K, V (T, n_head_kv, head_dim) as this layer's cells hand them back to a reader: encoded
+        (calibrating on them if the layer has not, as a first batch does), decoded, unrotated, the
+        outlier channels put back and the equalization undone. Attention over these equals
+        attention over the cells (tests/engine/test_kv_cache.py). Writes nothing; train-assistant
+        uses it to show the assistant the K/V a quantized cache gives it."""
+        kp, vp, ko = self.encode(k, v, qpos)
+        out = []
+        for codec, packed in ((self.ck, kp), (self.cv, vp)):
+            x = codec.decode(packed)
+            if codec.rotated:
+                x = codec.unrotate(x)
+            out.append(np.array(x[..., : self.head_dim], np.float32))
+        kh, vh = out
+        if self.out_idx is not None:
+            kh[..., self.out_idx] = ko.astype(np.float32)
+        if self.eq_scale is not None:
+            kh = kh / self.eq_scale
+        return kh, vh
+
     def write(self, kp: np.ndarray, vp: np.ndarray, qpos: np.ndarray, ko: np.ndarray | None = None) -> None:
         if ko is None:
             ko = np.zeros(kp.shape[:2] + (self.n_out,), np.float16)

@@ -335,3 +335,26 @@ def test_step_fast_path_is_bit_identical_to_tiled_path(monkeypatch, tk, tv, kw, 
         vd = slow.cv.unrotate(vd)
     ref = _ref_attention(q, kd, vd, np.array([pos - 1]), slow.pos[sel], 0.0625, window if sliding else None)
     np.testing.assert_allclose(a, ref, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("tk,tv,kw", [("q8_0", "turbo3", {}), ("turbo4", "q4_0", {"equalize": 0.5}),
+                                      ("turbo3", "turbo2", {"k_outliers": 8}), ("f16", "f16", {})])
+def test_roundtrip_is_what_a_reader_attends_over(tk, tv, kw):
+    """LayerKV.roundtrip hands back the K/V a read-only attention (the assistant's) sees: attention
+    over the cells = the plain reference over the round-tripped values, and a quantized type moves them."""
+    rng = np.random.default_rng()
+    lay = _layer(tk, tv, hd=256, hkv=1, **kw)
+    k, v = _kv(rng, 40, outlier=4.0)
+    pos = np.arange(40)
+    kh, vh = lay.roundtrip(k, v, pos)
+    assert kh.shape == vh.shape == k.shape and kh.dtype == vh.dtype == np.float32
+    assert lay.n == 0 and (lay.pos < 0).all()  # writes no cell
+    kp, vp, ko = lay.encode(k, v, pos)
+    lay.write(kp, vp, pos, ko)
+    q = rng.standard_normal((3, 4, 256)).astype(np.float32)
+    qpos = np.array([39, 39, 39])
+    got = lay.attend(q, qpos, 0.0625, max_pos=39)
+    want = _ref_attention(q, kh, vh, qpos, pos, 0.0625)
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+    err = np.abs(kh - k).mean() + np.abs(vh - v).mean()  # f16 rounds at ~2^-11 of |x|; 8-bit and fewer far more
+    assert (err < 2e-3) == (tk == tv == "f16"), err

@@ -308,3 +308,30 @@ def test_fine_tune_counts_each_shard_once():
     assert len(logs) == 1 and "--init-tokens" in logs[0]
     assert _data_behind((1000, 9, None), [a], 40, logs.append) == (140, [a])
     assert _data_behind((0, 0, None), [a, b], None, logs.append) == (130, [a, b]) and len(logs) == 1
+
+
+def test_training_on_a_quantized_cache_view(target, tiny_gguf, tmp_path, capsys):
+    """--train-cache K/V: the source K/V as that cache hands them back (LayerKV.roundtrip, whose
+    attention equality tests/engine/test_kv_cache.py checks), for a share of the sequences."""
+    from turbospec.cli import main
+    from turbospec.engine import assistant_train as at
+
+    args, work, out = tiny_train_args(tmp_path, tiny_gguf, tokens=60, max_new=12, steps=10)
+    assert main(args + ["--train-cache", "q8_0/bogus"]) == 2
+    assert "--train-cache 'q8_0/bogus' must be K/V with types from" in capsys.readouterr().err
+    assert main(args + ["--train-cache", "q8_0/turbo3", "--train-cache-p", "0"]) == 2
+    assert "--train-cache-p 0.0 must be in (0, 1]" in capsys.readouterr().err
+    assert main(args + ["--train-cache", "q8_0/turbo3", "--train-cache-p", "1"]) == 0
+    assert "source K/V through a q8_0/turbo3 cache for 100% of the sequences" in capsys.readouterr().err
+    Gemma4Assistant.load(out)
+    seq = at.load_shards(work, at.read_manifest(work))[0]
+    same = at.cache_view(seq, "f16", "f16")
+    view = at.cache_view(seq, "q8_0", "turbo3")
+    assert set(view) == set(same) == {"k_s", "v_s", "k_g", "v_g"}
+    for name in view:
+        assert view[name].shape == seq[name].shape and view[name].dtype == np.float16
+        assert np.array_equal(same[name], seq[name])  # f16 cells give the f16 shard values back exactly
+    rel = {n: float(np.abs(view[n].astype(np.float32) - seq[n]).mean() / np.abs(seq[n].astype(np.float32)).mean())
+           for n in view}
+    assert 0 < rel["k_s"] < 0.02 and 0 < rel["k_g"] < 0.02, rel  # q8_0: ~0.4% of |x|
+    assert rel["v_s"] > 3 * rel["k_s"] and rel["v_g"] > 3 * rel["k_g"], rel  # turbo3: 3 bits

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from turbospec.engine.gguf import GGUFFile, dequantize
-from turbospec.engine.models.gemma4_assistant import Gemma4Assistant, expected_shapes, write_assistant_gguf
+from turbospec.engine.gguf import GGUFFile
+from turbospec.engine.models.gemma4_assistant import Gemma4Assistant, write_assistant_gguf
 from turbospec.errors import UserError
 
 
@@ -33,8 +33,6 @@ def _read(path: Path) -> tuple[Gemma4Assistant, dict[str, np.ndarray], dict]:
     a = Gemma4Assistant.load(path)
     g = GGUFFile.open(path)
     try:
-        t = {n: dequantize(g.raw(n), g.tensors[n].type_id, s).astype(np.float32)
-             for n, s in expected_shapes(a.cfg).items()}
         ids = g.get("turbospec.train.shards")
         rec = {"tokens": int(g.get("turbospec.train.target_tokens", 0)),
                "steps": int(g.get("turbospec.train.steps", 0)),
@@ -42,7 +40,7 @@ def _read(path: Path) -> tuple[Gemma4Assistant, dict[str, np.ndarray], dict]:
                "name": str(g.get("general.name", f"MTP assistant {path.name}"))}
     finally:
         g.close()
-    return a, t, rec
+    return a, a.named_tensors(), rec
 
 
 def average_tensors(tensors: list[dict[str, np.ndarray]], weights: list[float]) -> dict[str, np.ndarray]:

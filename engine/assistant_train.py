@@ -611,7 +611,7 @@ def load_init(path: str, cfg: AssistantConfig, target_arch: str) -> dict[str, np
     """An existing assistant's tensors (float32, dequantized) and token_ordering (``order``), to
     fine-tune from (``--init``); it must have this run's shape. The file's q8_0 rounding becomes
     the starting point: the first steps lift it back to float32."""
-    from turbospec.engine.models.gemma4_assistant import Gemma4Assistant, expected_shapes
+    from turbospec.engine.models.gemma4_assistant import Gemma4Assistant
 
     a = Gemma4Assistant.load(path)
     c = a.cfg
@@ -622,12 +622,7 @@ def load_init(path: str, cfg: AssistantConfig, target_arch: str) -> dict[str, np
             f"--init {path}: its shape (layers, width, ffn, heads, vocab, centroids, target rows) {theirs} "
             f"differs from this run's {mine}; pass matching --layers/--n-ff/--heads or another --init"
         )
-    t = {"mtp.pre_projection.weight": a.pre_projection, "mtp.post_projection.weight": a.post_projection,
-         "output_norm.weight": a.output_norm, "mtp.centroids.weight": a.centroids}
-    for i, b in enumerate(a.blk):
-        for name in expected_shapes(c):
-            if name.startswith(f"blk.{i}."):
-                t[name] = getattr(b, name.split(".")[2])
+    t = a.named_tensors()
     t = {k: np.ascontiguousarray(v, np.float32) for k, v in t.items()}
     t["order"] = a.token_ordering
     return t

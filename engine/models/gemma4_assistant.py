@@ -280,6 +280,19 @@ class Gemma4Assistant:
         m.check_self()
         return m
 
+    def named_tensors(self) -> dict[str, np.ndarray]:
+        """The weights under their GGUF names (float32, as loaded; token_ordering not included)."""
+        t = {"mtp.pre_projection.weight": self.pre_projection, "mtp.post_projection.weight": self.post_projection,
+             "output_norm.weight": self.output_norm}
+        if self.token_embd is not None:
+            t["token_embd.weight"] = self.token_embd
+        if self.centroids is not None:
+            t["mtp.centroids.weight"] = self.centroids
+        for i, b in enumerate(self.blk):
+            for n in LAYER_TENSORS:
+                t[f"blk.{i}.{n}.weight"] = getattr(b, n)
+        return t
+
     def check_self(self) -> None:
         """Checks that need no target: head geometry and token_ordering."""
         c, name = self.cfg, self.path.name if self.path else "(memory)"

@@ -20,27 +20,25 @@ from pathlib import Path
 import numpy as np
 
 from turbospec.engine.gguf import GGUFFile
-from turbospec.engine.models.gemma4_assistant import Gemma4Assistant, write_assistant_gguf
+from turbospec.engine.models.gemma4_assistant import (
+    Gemma4Assistant,
+    count_shard_tokens,
+    read_train_record,
+    write_assistant_gguf,
+)
 from turbospec.errors import UserError
-
-
-def _shard_tokens(ids) -> int:
-    return sum(int(i.rsplit(":n", 1)[1]) for i in set(ids))
 
 
 def _read(path: Path) -> tuple[Gemma4Assistant, dict[str, np.ndarray], dict]:
     """The assistant (validated on its own), its matrices as float32 and its training record."""
     a = Gemma4Assistant.load(path)
+    tokens, steps, ids = read_train_record(path)
     g = GGUFFile.open(path)
     try:
-        ids = g.get("turbospec.train.shards")
-        rec = {"tokens": int(g.get("turbospec.train.target_tokens", 0)),
-               "steps": int(g.get("turbospec.train.steps", 0)),
-               "shards": [str(i) for i in ids] if ids is not None else [],
-               "name": str(g.get("general.name", f"MTP assistant {path.name}"))}
+        name = str(g.get("general.name", f"MTP assistant {path.name}"))
     finally:
         g.close()
-    return a, a.named_tensors(), rec
+    return a, a.named_tensors(), {"tokens": tokens, "steps": steps, "shards": ids or [], "name": name}
 
 
 def average_tensors(tensors: list[dict[str, np.ndarray]], weights: list[float]) -> dict[str, np.ndarray]:
@@ -83,11 +81,11 @@ def average_assistants(paths: list[str | Path], weights: list[float] | None, out
     t = average_tensors([r[1] for r in read], weights)
     recs = [r[2] for r in read]
     shards = sorted(set().union(*[set(r["shards"]) for r in recs]))
-    legacy = max(max(0, r["tokens"] - _shard_tokens(r["shards"])) for r in recs)
+    legacy = max(max(0, r["tokens"] - count_shard_tokens(r["shards"])) for r in recs)
     extra = {
         "general.name": recs[-1]["name"],
         "general.source.description": "distilled from the target model (a Gemma model)",
-        "turbospec.train.target_tokens": legacy + _shard_tokens(shards),
+        "turbospec.train.target_tokens": legacy + count_shard_tokens(shards),
         "turbospec.train.steps": max(r["steps"] for r in recs),
         "turbospec.train.averaged_from": [f"{p.name}:{w:.4f}" for p, w in zip(paths, weights, strict=True)],
     }

@@ -872,8 +872,10 @@ def shard_ids(work: Path, man: dict) -> list[str]:
 
 
 def count_shard_tokens(ids) -> int:
-    """Target tokens in a set of shard ids (each ends in :nTOKENS)."""
-    return sum(int(i.rsplit(":n", 1)[1]) for i in set(ids))
+    """Target tokens in a set of shard ids (each ends in :nTOKENS); see gemma4_assistant."""
+    from turbospec.engine.models.gemma4_assistant import count_shard_tokens as count
+
+    return count(ids)
 
 
 def write_gguf(model: TorchAssistant, order: np.ndarray, out: Path, tokens: list[str], qtype: str,

@@ -74,15 +74,9 @@ def register(sub) -> None:
 def _train_counts(path: str) -> tuple[int, int, list[str] | None]:
     """(target tokens, steps, shard ids or None) recorded in an assistant GGUF by train-assistant;
     (0, 0, None) if absent."""
-    from turbospec.engine.gguf import GGUFFile
+    from turbospec.engine.models.gemma4_assistant import read_train_record
 
-    g = GGUFFile.open(path)
-    try:
-        ids = g.get("turbospec.train.shards")
-        return (int(g.get("turbospec.train.target_tokens", 0)), int(g.get("turbospec.train.steps", 0)),
-                [str(i) for i in ids] if ids is not None else None)
-    finally:
-        g.close()
+    return read_train_record(path)
 
 
 def _data_behind(prior: tuple[int, int, list[str] | None], new_ids: list[str], init_tokens: int | None,
@@ -90,7 +84,7 @@ def _data_behind(prior: tuple[int, int, list[str] | None], new_ids: list[str], i
     """(distinct target tokens, shard ids) behind a fine-tune: the --init file's data and this run's,
     each shard counted once. Tokens the --init file records beyond its shard ids (data from before
     files recorded them) count once, as --init-tokens says or, without it, in full."""
-    from turbospec.engine.assistant_train import count_shard_tokens
+    from turbospec.engine.models.gemma4_assistant import count_shard_tokens
 
     tokens, _, ids = prior
     ids = ids or []

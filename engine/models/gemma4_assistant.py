@@ -499,6 +499,23 @@ def source_layers(sliding: list[bool], target_sliding: list[bool], name: str = "
 # -- writing (the trainer and the tests) ----------------------------------------------------------
 
 
+def count_shard_tokens(ids) -> int:
+    """Target tokens in a set of shard ids (each ends in :nTOKENS)."""
+    return sum(int(i.rsplit(":n", 1)[1]) for i in set(ids))
+
+
+def read_train_record(path: str | Path) -> tuple[int, int, list[str] | None]:
+    """(target tokens, steps, shard ids or None) recorded in an assistant GGUF by train-assistant;
+    (0, 0, None) if absent."""
+    g = GGUFFile.open(path)
+    try:
+        ids = g.get("turbospec.train.shards")
+        return (int(g.get("turbospec.train.target_tokens", 0)), int(g.get("turbospec.train.steps", 0)),
+                [str(i) for i in ids] if ids is not None else None)
+    finally:
+        g.close()
+
+
 def write_assistant_gguf(path: str | Path, cfg: AssistantConfig, tensors: dict[str, np.ndarray],
                          token_ordering: np.ndarray | None, tokens: list[str], qtype: str = "f16",
                          extra_keys: dict | None = None) -> Path:

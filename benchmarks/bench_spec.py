@@ -96,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="mtp rows with prompt lookup first (--draft-lookup N; 0 = the assistant alone; default 0)")
     ap.add_argument("--lookup-mtp-max", type=int, nargs="+", default=[0], metavar="M",
                     help="with --lookup: the assistant's rounds draft at most M tokens (--mtp-draft-max; 0 = B-1)")
+    ap.add_argument("--lookup-adapt", type=int, nargs="+", default=[0], choices=[0, 1], metavar="A",
+                    help="prompt lookup's rounds (ngram, and mtp with --lookup): 1 = --lookup-adapt (a round "
+                    "that lost a draft caps the next at what it got right + 1, full rounds double it); "
+                    "0 = off (default 0; '0 1' measures both)")
     ap.add_argument("--depths", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs of every configuration per prompt, interleaved; each keeps its fastest decode "
@@ -139,26 +143,27 @@ def main(argv: list[str] | None = None) -> int:
 
         assistant = MTPDrafter.load(args.mtp_head, model, tok).assistant
 
-    variants: dict[str, tuple[str, float, int, int]] = {}  # label -> (drafter, p_min, draft lookup, mtp max)
+    variants: dict[str, tuple[str, float, int, int, int]] = {}  # label -> (drafter, p_min, lookup, mtp max, adapt)
     for name in args.spec:
         for p in args.p_min if name == "mtp" else [0.0]:
             for n in args.lookup if name == "mtp" else [0]:
                 for mm in args.lookup_mtp_max if n else [0]:
-                    label = name + (f"+lookup{n}" if n else "") + (f" mtp≤{mm}" if mm else "")
-                    label += f" p≥{p:g}" if p else ""
-                    variants[label] = (name, p, n, mm)
+                    for ad in args.lookup_adapt if (n or name == "ngram") else [0]:
+                        label = name + (f"+lookup{n}" if n else "") + (f" mtp≤{mm}" if mm else "")
+                        label += (f" p≥{p:g}" if p else "") + (" adapt" if ad else "")
+                        variants[label] = (name, p, n, mm, ad)
 
     def make(label: str):
-        name, p_min, lookup, mtp_max = variants[label]
-        d = make_base(name)
+        name, p_min, lookup, mtp_max, adapt = variants[label]
+        d = make_base(name, bool(adapt and not lookup))
         if lookup:
-            d = LookupFirst(d, n_min=lookup, inner_max=mtp_max)
+            d = LookupFirst(d, n_min=lookup, inner_max=mtp_max, adapt=bool(adapt))
         d.p_min = p_min
         return d
 
-    def make_base(name: str):
+    def make_base(name: str, adapt: bool = False):
         if name == "ngram":
-            return NGramDrafter()
+            return NGramDrafter(adapt=adapt)
         if assistant is None:  # the device drafter uploads its weights per drafter (engine/spec/mtp_device.py)
             from turbospec.engine.spec.mtp_device import load_mtp_drafter
 

@@ -147,6 +147,10 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--draft-lookup", type=int, default=0, metavar="N",
                    help="mtp: try prompt lookup first: when the last N or more tokens occurred earlier, draft "
                    "what followed them (no assistant step), else the assistant drafts (0 = off, default)")
+    g.add_argument("--lookup-adapt", action="store_true",
+                   help="prompt lookup (--spec ngram, or --draft-lookup): a round that lost a draft caps the next "
+                   "lookup rounds at what it got right + 1; each fully accepted one doubles the cap, back to "
+                   "min(B-1, --draft-max): large B for the text's loops without paying for misses on fresh text")
     g.add_argument("--mtp-draft-max", type=int, default=0, metavar="M",
                    help="with --draft-lookup: the assistant's rounds draft at most M tokens, lookup's up to "
                    "min(B-1, --draft-max) (0 = no separate cap, default; 1 suits the shipped assistant)")
@@ -183,11 +187,15 @@ def make_drafter(args, model, tok, kv, n_ctx: int):
                         "--draft-lookup N (alone, --draft-max caps every round)")
     if mtp_max < 0:
         raise UserError(f"--mtp-draft-max {mtp_max} is negative; pass M >= 1, or 0 = no separate cap")
+    adapt = bool(getattr(args, "lookup_adapt", False))
+    if adapt and name != "ngram" and not lookup:
+        raise UserError("--lookup-adapt caps prompt lookup's rounds: use it with --spec ngram or with --draft-lookup N")
     drafter = _make_drafter(name, args, model, tok, kv, n_ctx)
     if lookup:
         from turbospec.engine.spec.ngram import LookupFirst
 
-        drafter = LookupFirst(drafter, n_min=lookup, n_max=max(args.ngram_max, lookup), inner_max=mtp_max)
+        drafter = LookupFirst(drafter, n_min=lookup, n_max=max(args.ngram_max, lookup), inner_max=mtp_max,
+                              adapt=adapt)
     drafter.p_min = p_min
     return drafter, spec
 
@@ -198,7 +206,7 @@ def _make_drafter(name: str, args, model, tok, kv, n_ctx: int):
 
         if args.ngram_max < 1:
             raise UserError(f"--ngram-max {args.ngram_max} must be 1 or more")
-        return NGramDrafter(n_max=args.ngram_max)
+        return NGramDrafter(n_max=args.ngram_max, adapt=bool(getattr(args, "lookup_adapt", False)))
     if name == "draft":
         if not args.model_draft:
             raise UserError("--spec draft needs --model-draft PATH (a small GGUF with the target's vocabulary)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
-from turbospec.engine.spec.base import Drafter, Proposal, Round
+from turbospec.engine.spec.base import BLOCK_SIZE_MAX, Drafter, Proposal, Round
 
 
 def lookup_reference(tokens: list[int], n_steps: int, n_max: int = 3, n_min: int = 1) -> list[int]:
@@ -38,20 +38,40 @@ class NGramDrafter(Drafter):
 
     name = "ngram"
 
-    def __init__(self, n_max: int = 3, n_min: int = 1):
+    def __init__(self, n_max: int = 3, n_min: int = 1, adapt: bool = False):
         super().__init__()
         if not 1 <= n_min <= n_max:
             raise ValueError("ngram sizes need 1 <= n_min <= n_max")
         self.n_max, self.n_min = n_max, n_min
+        self.adapt = adapt  # --lookup-adapt: cap a round's drafts by how the last lookup round fared
         self._hist: list[int] = []
         self._index: list[dict[tuple[int, ...], int]] = [{} for _ in range(n_max + 1)]
         self._indexed = 0  # ngrams ending at positions < _indexed are in the index
+        self.cap: int | None = None  # adapt: drafts per round at most (None = the round's n_steps)
+        self._last_n = 0  # drafts of the latest proposal (0 = no match)
 
     def begin(self, session, prompt_ids: list[int]) -> None:
         super().begin(session, prompt_ids)
         self._hist = []
         self._index = [{} for _ in range(self.n_max + 1)]
         self._indexed = 0
+        self.cap, self._last_n = None, 0
+
+    def accept(self, n_accepted: int) -> None:
+        """With ``adapt``: a lookup round that lost a draft caps the next ones at what it got
+        right plus one; each fully accepted round doubles the cap, back to none. On this model's
+        greedy text lookup is right for whole loops (chat, translation: ~100% at B = 10) and
+        wrong from the first draft on fresh text (code, lists), where every rejected draft still
+        costs the verify pass ~0.12-0.18 of a plain step (benchmarks/bench_verify.py): the cap
+        keeps large B for the loops without paying it on the misses. Drafts stay exact (the
+        target verifies them); only how many are proposed changes."""
+        k, self._last_n = self._last_n, 0
+        if not self.adapt or k == 0:
+            return
+        if n_accepted < k:
+            self.cap = n_accepted + 1
+        elif self.cap is not None:
+            self.cap = None if self.cap * 2 > BLOCK_SIZE_MAX else self.cap * 2
 
     def _sync(self, tokens: list[int]) -> None:
         h = self._hist
@@ -77,7 +97,11 @@ class NGramDrafter(Drafter):
         for n in range(min(self.n_max, L - 1), self.n_min - 1, -1):
             end = self._index[n].get(tuple(h[L - n :]))
             if end is not None:
-                return Proposal(tokens=continuation(h, end, rnd.n_steps), extra={"n": n})
+                n_steps = rnd.n_steps if self.cap is None else min(self.cap, rnd.n_steps)
+                toks = continuation(h, end, n_steps)
+                self._last_n = len(toks)
+                return Proposal(tokens=toks, extra={"n": n})
+        self._last_n = 0
         return Proposal(tokens=[])
 
 
@@ -96,14 +120,14 @@ class LookupFirst(Drafter):
     rounds only: lookup's drafts on a loop are accepted nearly always and pay at large B, while
     the shipped assistant's second and later drafts rarely are (benchmarks/results/spec_greedy.md)."""
 
-    def __init__(self, inner: Drafter, n_min: int, n_max: int = 3, inner_max: int = 0):
+    def __init__(self, inner: Drafter, n_min: int, n_max: int = 3, inner_max: int = 0, adapt: bool = False):
         super().__init__()
         if n_min < 1 or inner_max < 0:
             raise ValueError("LookupFirst needs n_min >= 1 and inner_max >= 0")
         self.inner = inner
         self.inner_max = inner_max  # > 0: the inner drafter's rounds draft at most this many (lookup's up to n_steps)
         self.name = inner.name
-        self.lookup = NGramDrafter(n_max=max(n_max, n_min), n_min=n_min)
+        self.lookup = NGramDrafter(n_max=max(n_max, n_min), n_min=n_min, adapt=adapt)
         self.served = {"ngram": 0, inner.name: 0}  # rounds each part drafted
 
     @property
@@ -125,6 +149,7 @@ class LookupFirst(Drafter):
         self.inner.close()
 
     def accept(self, n_accepted: int) -> None:
+        self.lookup.accept(n_accepted)  # counts only when lookup drafted the round (--lookup-adapt)
         self.inner.accept(n_accepted)
 
     def propose(self, rnd: Round, cancelled: threading.Event) -> Proposal:

@@ -25,7 +25,7 @@ from turbospec.engine.models.gemma4_assistant import (
 from turbospec.engine.spec.base import Drafter, Proposal, Round
 from turbospec.engine.spec.loop import SpecConfig
 from turbospec.engine.spec.mtp import MTPDrafter
-from turbospec.engine.spec.ngram import LookupFirst, lookup_reference
+from turbospec.engine.spec.ngram import LookupFirst, NGramDrafter, lookup_reference
 from turbospec.errors import UserError
 
 PROMPT = "the cat is on the mat and the dog is on the mat and the cat"
@@ -531,6 +531,79 @@ def test_lookup_first_in_the_loop_is_exact_and_traces_each_rounds_drafter(target
     assert main(base + ["--spec", "mtp", "--mtp-head", str(head), "--draft-lookup", "2", "--mtp-draft-max", "1",
                         "--draft-block-size", "5"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tokens"] == plain.tokens
+
+
+def test_lookup_adapt_caps_after_a_miss_and_doubles_back(target, tiny_gguf, tmp_path, capsys):
+    """--lookup-adapt: after a lookup round that lost drafts the next lookup rounds draft at most
+    (accepted + 1); each fully accepted round doubles the cap until it is lifted; rounds the
+    inner drafter served leave it alone. In the loop the output stays plain greedy's, for
+    --spec ngram and --draft-lookup, depth 1 and 2; without a lookup it is one line."""
+    import json
+
+    from turbospec.cli import main
+
+    hist = [1, 5, 6, 9, 1, 2, 3, 4, 8, 8, 8, 4, 5, 6]  # "5 6" matched, continuation 9 1 2 3 4 8 8 8 ...
+    h = np.zeros(4, np.float32)
+    d = NGramDrafter(adapt=True)
+    d.begin(None, [])
+
+    def rnd(n_steps, toks=hist):
+        return Round(0, toks[-1], len(toks) - 1, -1, h, n_steps, toks)
+
+    assert d.propose(rnd(7), threading.Event()).tokens == [9, 1, 2, 3, 4, 8, 8]
+    d.accept(2)  # lost from the third draft on: cap 3
+    assert d.cap == 3 and d.propose(rnd(7), threading.Event()).tokens == [9, 1, 2]
+    d.accept(3)  # all of them: 6
+    assert d.cap == 6 and len(d.propose(rnd(7), threading.Event()).tokens) == 6
+    d.accept(6)  # 12
+    d.propose(rnd(7), threading.Event())
+    d.accept(7)  # 24
+    d.propose(rnd(7), threading.Event())
+    d.accept(7)  # 48 > the largest block: lifted
+    assert d.cap is None
+    d.propose(rnd(7), threading.Event())
+    d.accept(0)
+    assert d.cap == 1 and d.propose(rnd(7), threading.Event()).tokens == [9]
+    assert d.propose(rnd(7, [1, 2, 3, 4]), threading.Event()).tokens == []  # no match
+    d.accept(0)  # a round lookup did not draft does not count
+    assert d.cap == 1
+    plain_d = NGramDrafter()
+    plain_d.begin(None, [])
+    plain_d.propose(rnd(7), threading.Event())
+    plain_d.accept(0)
+    assert plain_d.cap is None  # off by default
+    # LookupFirst: the cap follows lookup's rounds only
+    lf = LookupFirst(_Fixed([7, 7, 7]), n_min=2, adapt=True)
+    lf.begin(None, [])
+    assert lf.propose(rnd(5), threading.Event()).tokens == [9, 1, 2, 3, 4]
+    lf.accept(1)
+    assert lf.lookup.cap == 2
+    assert lf.propose(rnd(5, [1, 6, 9, 3, 4, 5, 8, 6]), threading.Event()).tokens == [7, 7, 7][:5]
+    lf.accept(0)  # the inner drafter's miss
+    assert lf.lookup.cap == 2 and lf.propose(rnd(5), threading.Event()).tokens == [9, 1]
+    # exact in the loop
+    model, tok = target
+    head = write_random(tmp_path / "a.gguf", model, tok.tokens, seed=4)
+    ids = tok.encode(PROMPT, add_bos=True)
+    cfg = GenConfig(n_predict=40, ignore_eos=True)
+    plain = generate(model, tok, ids, cfg)
+    assistant = MTPDrafter.load(head, model, tok).assistant
+    for b in (3, 6):
+        for depth in (1, 2):
+            for d in (NGramDrafter(adapt=True), LookupFirst(MTPDrafter(assistant, model), n_min=2, adapt=True)):
+                try:
+                    res = generate(model, tok, ids, cfg, drafter=d,
+                                   spec=SpecConfig(block_size=b, pipeline_depth=depth))
+                finally:
+                    d.close()
+                assert res.tokens == plain.tokens, (b, depth, d)
+    base = ["run", "-m", str(tiny_gguf), "-p", PROMPT, "-n", "40", "--ignore-eos", "--backend", "numpy", "--json"]
+    for extra in (["--spec", "ngram"], ["--spec", "mtp", "--mtp-head", str(head), "--draft-lookup", "2"]):
+        assert main(base + extra + ["--lookup-adapt", "--draft-block-size", "6"]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tokens"] == plain.tokens
+    assert main(base + ["--spec", "mtp", "--mtp-head", str(head), "--lookup-adapt"]) == 2
+    assert "--lookup-adapt caps prompt lookup's rounds: use it with --spec ngram or with --draft-lookup N" in \
+        capsys.readouterr().err
 
 
 def test_step_accuracy_bench_matches_the_greedy_loop(target, tmp_path):

@@ -487,6 +487,16 @@ def test_lookup_first_prefers_a_long_enough_match():
         assert p.tokens == (want or [99, 99])
 
 
+def _loop_case(target, tmp_path):
+    """(random assistant file, prompt ids, 40-token greedy GenConfig, plain greedy result, its
+    loaded assistant) for the in-the-loop lookup tests."""
+    model, tok = target
+    head = write_random(tmp_path / "a.gguf", model, tok.tokens, seed=4)
+    ids = tok.encode(PROMPT, add_bos=True)
+    cfg = GenConfig(n_predict=40, ignore_eos=True)
+    return head, ids, cfg, generate(model, tok, ids, cfg), MTPDrafter.load(head, model, tok).assistant
+
+
 def test_lookup_first_in_the_loop_is_exact_and_traces_each_rounds_drafter(target, tiny_gguf, tmp_path, capsys):
     """`run --spec mtp --draft-lookup 2`: greedy output equal to plain at B = 2..5, depth 1 and 2;
     the trace's draft lines name the part that drafted (both appear on this repetitive prompt);
@@ -496,11 +506,7 @@ def test_lookup_first_in_the_loop_is_exact_and_traces_each_rounds_drafter(target
     from turbospec.cli import main
 
     model, tok = target
-    head = write_random(tmp_path / "a.gguf", model, tok.tokens, seed=4)
-    ids = tok.encode(PROMPT, add_bos=True)
-    cfg = GenConfig(n_predict=40, ignore_eos=True)
-    plain = generate(model, tok, ids, cfg)
-    assistant = MTPDrafter.load(head, model, tok).assistant
+    head, ids, cfg, plain, assistant = _loop_case(target, tmp_path)
     for b in (2, 3, 5):
         for depth in (1, 2):
             d = LookupFirst(MTPDrafter(assistant, model), n_min=2)
@@ -583,11 +589,7 @@ def test_lookup_adapt_caps_after_a_miss_and_doubles_back(target, tiny_gguf, tmp_
     assert lf.lookup.cap == 2 and lf.propose(rnd(5), threading.Event()).tokens == [9, 1]
     # exact in the loop
     model, tok = target
-    head = write_random(tmp_path / "a.gguf", model, tok.tokens, seed=4)
-    ids = tok.encode(PROMPT, add_bos=True)
-    cfg = GenConfig(n_predict=40, ignore_eos=True)
-    plain = generate(model, tok, ids, cfg)
-    assistant = MTPDrafter.load(head, model, tok).assistant
+    head, ids, cfg, plain, assistant = _loop_case(target, tmp_path)
     for b in (3, 6):
         for depth in (1, 2):
             for d in (NGramDrafter(adapt=True), LookupFirst(MTPDrafter(assistant, model), n_min=2, adapt=True)):

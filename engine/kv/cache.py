@@ -26,6 +26,7 @@ codec's noise on them does not count). Every byte of them is in ``bytes_per_toke
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -36,6 +37,9 @@ from turbospec.errors import UserError
 EXACT_BATCH_MAX = 32  # batches up to this size (verification) attend token by token; see attend()
 STEP_FAST_PATH = True  # one-token steps take LayerKV._attend_step (tests switch it off to compare)
 NATIVE_STEP = True  # ... and on an f16 cache its native kernel (engine/native/attn.c) when built
+# ... and a verification batch on an f16 cache that loop in one native call (same bits either way;
+# ``TURBOSPEC_ATTN_BATCH=0`` keeps one call per token, for A/B benchmarks)
+NATIVE_BATCH = os.environ.get("TURBOSPEC_ATTN_BATCH", "1").strip().lower() not in ("0", "off", "no", "false")
 ATTN_TILE = 2048  # cells per attention tile (decoded K+V tile: 2 x 2048 x 256 x 4 B = 4 MB)
 
 
@@ -352,7 +356,12 @@ class LayerKV:
             # linear products done token by token too (engine/linear.py), verification and
             # plain decoding agree bit for bit, so greedy speculative decoding stays
             # token-identical even where a quantized cache turns last-bit differences into
-            # different codes.
+            # different codes. On a plain f16 layer the native kernel does that token-by-token
+            # loop in one call (_attend_native_batch: the same cells, order and arithmetic).
+            if STEP_FAST_PATH and NATIVE_STEP and NATIVE_BATCH and self.plain_f16:
+                out = self._attend_native_batch(q, qpos, scale, k_new, v_new)
+                if out is not None:
+                    return out
             return np.concatenate(
                 [self.attend(q[t : t + 1], qpos[t : t + 1], scale, k_new[t : t + 1], v_new[t : t + 1])
                  for t in range(T)]
@@ -485,6 +494,43 @@ class LayerKV:
                              out.ctypes.data)
         if rc < 0:
             raise RuntimeError(f"ts_attn_f16 refused layer {self.layer} at position {p} (rc {rc})")
+        return out if rc == 0 else None
+
+    def _attend_native_batch(self, q, qpos, scale, k_new, v_new) -> np.ndarray | None:
+        """A verification batch on a plain f16 layer in one native call (ts_attn_f16_batch): each
+        token's attention exactly as _attend_native computes it for that token decoded alone, so
+        verified and decoded tokens agree bit for bit (tests/engine/test_native_attn.py). All T
+        cells are written first; none is visible to an earlier token of the batch (attn.c says
+        why). None (take the token-by-token path, whose guards and errors apply): no library,
+        positions not consecutive, a batch longer than the ring's slack allows, a value outside
+        f16's range, or a non-finite score."""
+        from turbospec.engine import native
+        from turbospec.engine.kv.codecs import F16_MAX_FINITE
+
+        lib = native.library()
+        T = len(qpos)
+        if lib is None or k_new.dtype != np.float32 or v_new.dtype != np.float32:
+            return None
+        p0 = int(qpos[0])
+        if not np.array_equal(qpos, np.arange(p0, p0 + T)) or (self.sliding and T > self.cap - self.window + 1):
+            return None
+        if not (np.abs(k_new).max() < F16_MAX_FINITE and np.abs(v_new).max() < F16_MAX_FINITE):
+            return None
+        kp, vp, ko = self.encode(k_new, v_new, qpos)
+        self.write(kp, vp, np.asarray(qpos, np.int64), ko)
+        ptrs = self._ptrs
+        if ptrs is None or ptrs[0] is not self.k or ptrs[1] is not self.v or ptrs[2] is not self.pos:
+            ptrs = self._ptrs = (self.k, self.v, self.pos, self.k.ctypes.data, self.v.ctypes.data,
+                                 self.pos.ctypes.data)
+        q = np.ascontiguousarray(q, np.float32)
+        out = np.empty(q.shape, np.float32)
+        qp = np.ascontiguousarray(qpos, np.int64)
+        hkv, hd = self.n_head_kv, self.head_dim
+        rc = lib.ts_attn_f16_batch(ptrs[3], ptrs[4], hkv * hd, ptrs[5] if self.sliding else None, self.cap,
+                                   self.window if self.sliding else 0, qp.ctypes.data, T, q.ctypes.data,
+                                   q.shape[1], hkv, hd, scale, out.ctypes.data)
+        if rc < 0:
+            raise RuntimeError(f"ts_attn_f16_batch refused layer {self.layer} at positions {p0}..{p0 + T - 1} (rc {rc})")
         return out if rc == 0 else None
 
     def _attend_cells(self, qd, qpos, kc, vc, kpos, scale, g, max_pos, qo=None, oc=None) -> np.ndarray:

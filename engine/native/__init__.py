@@ -131,6 +131,8 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.ts_f16_isa.restype = ctypes.c_char_p
     lib.ts_attn_f16.argtypes = [P, P, L, P, L, L, L, L, P, L, L, L, ctypes.c_float, P]
     lib.ts_attn_f16.restype = ctypes.c_int
+    lib.ts_attn_f16_batch.argtypes = [P, P, L, P, L, L, P, L, P, L, L, L, ctypes.c_float, P]
+    lib.ts_attn_f16_batch.restype = ctypes.c_int
     lib.ts_q8act_isa.restype = ctypes.c_char_p
     lib.ts_q8act_layout.argtypes = [P, L, L, L, L, P]
     lib.ts_q8act_layout.restype = None

@@ -167,3 +167,67 @@ def test_f16_layer_encode_is_the_codecs_bytes_and_errors():
         kb[3, 1, 9] = bad
         with pytest.raises(UserError, match=msg):
             lay.encode(kb, v, np.arange(10, 15))
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+@pytest.mark.parametrize("n_head,hkv,hd", [(4, 1, 256), (6, 2, 32)])
+def test_verification_batch_in_one_call_is_bit_identical_to_token_by_token(monkeypatch, sliding, n_head, hkv, hd):
+    """ts_attn_f16_batch (a verification batch in one native call, every cell written first)
+    against the token-by-token loop it replaces, on a ring that wraps and a global layer that
+    grows, batches of 2..32 tokens with rollbacks of rejected drafts between them: the same
+    output bits and the same cells — and the one-call path really ran (counted), except where
+    it must hand the batch back (a ring with 8 cells of slack: longer than 9 tokens)."""
+    rng = np.random.default_rng()
+    window = 29 if sliding else 1 << 30
+    fast, slow = (LayerKV(2, hkv, hd, sliding, window, KVConfig(slack=8)) for _ in range(2))
+    calls = {"one_call": 0}
+    real = LayerKV._attend_native_batch
+
+    def counted(self, *a):
+        out = real(self, *a)
+        calls["one_call"] += out is not None
+        return out
+
+    monkeypatch.setattr(LayerKV, "_attend_native_batch", counted)
+    pos = 0
+    for step in range(40):
+        T = int(rng.integers(10, 33)) if step % 7 == 3 else int(rng.integers(2, 10))
+        k = (rng.standard_normal((T, hkv, hd)) * rng.uniform(0.1, 3)).astype(np.float32)
+        v = rng.standard_normal((T, hkv, hd)).astype(np.float32)
+        q = (rng.standard_normal((T, n_head, hd)) * rng.uniform(0.1, 3)).astype(np.float32)
+        qpos = np.arange(pos, pos + T)
+        before = calls["one_call"]
+        a = fast.attend(q, qpos, 0.07, k, v)
+        ran = calls["one_call"] > before
+        monkeypatch.setattr(LayerKV, "_attend_native_batch", lambda self, *a: None)
+        b = slow.attend(q, qpos, 0.07, k, v)
+        monkeypatch.setattr(LayerKV, "_attend_native_batch", counted)
+        assert ran == (not sliding or T <= fast.cap - window + 1), (T, ran)
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+        for name in ("k", "v", "pos"):
+            np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name))
+        keep = int(rng.integers(1, T + 1))  # accepted prefix; the rest are rejected drafts
+        pos += keep
+        fast.truncate(pos)
+        slow.truncate(pos)
+    assert calls["one_call"] >= (30 if sliding else 40)
+
+
+def test_verification_batch_hands_back_non_finite_and_out_of_range_values():
+    """A NaN score inside a batch, or a K value f16 cannot hold: the one-call path declines and
+    the token-by-token path answers (a NaN row as the step gives it; the codec's one-line error)."""
+    rng = np.random.default_rng()
+    lay = _layer(1, 64, True, 16)
+    k = rng.standard_normal((12, 1, 64)).astype(np.float32)
+    lay.attend(np.ones((12, 4, 64), np.float32), np.arange(12), 0.1, k, k)
+    q = rng.standard_normal((3, 4, 64)).astype(np.float32)
+    q[1, 2, 7] = np.nan
+    kn = rng.standard_normal((3, 1, 64)).astype(np.float32)
+    assert lay._attend_native_batch(q, np.arange(12, 15), 0.1, kn, kn) is None
+    out = lay.attend(q, np.arange(12, 15), 0.1, kn, kn)
+    assert np.isnan(out[1, 2]).all() and np.isfinite(out[0]).all() and np.isfinite(out[2]).all()
+    kn[2, 0, 3] = 7e4
+    assert lay._attend_native_batch(q, np.arange(12, 15), 0.1, kn, kn) is None
+    with pytest.raises(UserError, match="position 14 does not fit cache type f16"):
+        lay.attend(q, np.arange(12, 15), 0.1, kn, kn)
+    assert lay._attend_native_batch(q, np.array([12, 14, 15]), 0.1, kn, kn) is None  # not consecutive

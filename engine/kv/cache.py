@@ -530,7 +530,8 @@ class LayerKV:
                                    self.window if self.sliding else 0, qp.ctypes.data, T, q.ctypes.data,
                                    q.shape[1], hkv, hd, scale, out.ctypes.data)
         if rc < 0:
-            raise RuntimeError(f"ts_attn_f16_batch refused layer {self.layer} at positions {p0}..{p0 + T - 1} (rc {rc})")
+            raise RuntimeError(f"ts_attn_f16_batch refused layer {self.layer} at positions {p0}..{p0 + T - 1} "
+                               f"(rc {rc})")
         return out if rc == 0 else None
 
     def _attend_cells(self, qd, qpos, kc, vc, kpos, scale, g, max_pos, qo=None, oc=None) -> np.ndarray:

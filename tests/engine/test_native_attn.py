@@ -231,3 +231,36 @@ def test_verification_batch_hands_back_non_finite_and_out_of_range_values():
     with pytest.raises(UserError, match="position 14 does not fit cache type f16"):
         lay.attend(q, np.arange(12, 15), 0.1, kn, kn)
     assert lay._attend_native_batch(q, np.array([12, 14, 15]), 0.1, kn, kn) is None  # not consecutive
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+@pytest.mark.parametrize("n_head,hkv,hd", [(4, 1, 256), (6, 2, 32)])
+def test_read_only_query_native_matches_the_tiled_path(monkeypatch, sliding, n_head, hkv, hd):
+    """The MTP drafter's read of the target's cache (no K/V of its own, cells at positions <=
+    max_pos) through ts_attn_f16 against the tiled NumPy path, as drafts run ahead of attn_pos on
+    a ring that wraps: float32 rounding apart, the same cells, and the native kernel really ran."""
+    rng = np.random.default_rng()
+    window = 23 if sliding else 1 << 30
+    lay = _layer(hkv, hd, sliding, window)
+    n = 70
+    k = rng.standard_normal((n, hkv, hd)).astype(np.float32)
+    v = rng.standard_normal((n, hkv, hd)).astype(np.float32)
+    lay.attend(rng.standard_normal((n, n_head, hd)).astype(np.float32), np.arange(n), 0.1, k, v)
+    differ = 0
+    for attn_pos in (0, 5, 22, 40, 69):
+        for step in range(4):  # draft step k reads at position attn_pos + 1 + k
+            q = (rng.standard_normal((1, n_head, hd)) * rng.uniform(0.1, 3)).astype(np.float32)
+            p = np.array([attn_pos + 1 + step])
+            monkeypatch.setattr(kvcache, "NATIVE_STEP", True)
+            a = lay.attend(q, p, 0.09, max_pos=attn_pos)
+            monkeypatch.setattr(kvcache, "NATIVE_STEP", False)
+            b = lay.attend(q, p, 0.09, max_pos=attn_pos)
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=3e-5)
+            differ += not np.array_equal(a, b)
+    assert differ > 0  # another summation order: the kernel computed these
+    lay.truncate(30)  # a global layer's cells past n are gone; a ring's are marked unused
+    q = rng.standard_normal((1, n_head, hd)).astype(np.float32)
+    monkeypatch.setattr(kvcache, "NATIVE_STEP", True)
+    a = lay.attend(q, np.array([31]), 0.09, max_pos=40)
+    monkeypatch.setattr(kvcache, "NATIVE_STEP", False)
+    np.testing.assert_allclose(a, lay.attend(q, np.array([31]), 0.09, max_pos=40), rtol=1e-4, atol=3e-5)

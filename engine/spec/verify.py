@@ -52,6 +52,8 @@ def verify_sampling(
     """Speculative rejection sampling; ``q[i]`` dense draft distributions (None = one-hot)."""
     hist = list(history)
     rng = sampler.rng
+    if q is None:
+        return _verify_sampling_one_hot(logits, drafts, sampler, hist)
     for i, d in enumerate(drafts):
         p = sampler.probs(logits[i], hist)
         qi = None if q is None else np.asarray(q[i], dtype=np.float64)
@@ -71,6 +73,28 @@ def verify_sampling(
         t = sampler.draw(r / s) if s > 0 else sampler.draw(p)
         return Verdict(i, list(drafts[:i]) + [t])
     bonus = sampler.draw(sampler.probs(logits[len(drafts)], hist))
+    return Verdict(len(drafts), list(drafts) + [bonus])
+
+
+def _verify_sampling_one_hot(logits: np.ndarray, drafts: list[int], sampler, hist: list[int]) -> Verdict:
+    """verify_sampling for deterministic drafters (q one-hot at each draft: prompt lookup, the
+    MTP assistant's greedy drafts) over the sampler's sparse candidates: accept d with
+    probability p(d); on a rejection draw from p without d, renormalized. The same rule as the
+    dense loop, without a 262,144-entry float64 row per verified token."""
+    rng = sampler.rng
+    for i, d in enumerate(drafts):
+        ids, p = sampler.candidates(logits[i], hist)
+        at = np.flatnonzero(ids == d)
+        pd = float(p[at[0]]) if len(at) else 0.0
+        if pd >= 1.0 or rng.random() < pd:
+            hist.append(d)
+            continue
+        if len(at):
+            ids, p = np.delete(ids, at[0]), np.delete(p, at[0])
+        s = p.sum()
+        t = sampler.draw_sparse(ids, p / s) if s > 0 else sampler.draw_sparse(*sampler.candidates(logits[i], hist))
+        return Verdict(i, list(drafts[:i]) + [t])
+    bonus = sampler.draw_sparse(*sampler.candidates(logits[len(drafts)], hist))
     return Verdict(len(drafts), list(drafts) + [bonus])
 
 

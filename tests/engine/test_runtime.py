@@ -231,3 +231,49 @@ def test_crew_waits_for_its_helpers_through_an_interrupt(monkeypatch):
     seen = []
     linear.run_ranges(lambda a, b: seen.append((a, b)), 20, 10)
     assert sorted(seen) == [(0, 10), (10, 20)]
+
+
+@pytest.mark.parametrize("n", [262144, 5000, 1000, 300, 37])
+def test_fast_candidates_equal_the_reference(n):
+    """Sampler.candidates (block-maxima threshold for top-k) against probs_reference (argpartition
+    over the whole row) on fresh random rows, with top-p / min-p / temperature / the repetition
+    penalty: the same dense distribution bit for bit; rows with ties keep the lowest ids (the full
+    sort's order); draw_sparse picks what draw picks from the same generator state."""
+    rng = np.random.default_rng()
+    for trial in range(12):
+        lg = (rng.standard_normal(n) * rng.uniform(0.5, 6)).astype(np.float32)
+        if trial % 4 == 3:
+            lg = np.round(lg * 2) / 2  # many exact ties
+        cfg = SamplingConfig(temp=float(rng.uniform(0.3, 1.5)), top_k=int(rng.choice([1, 5, 40, 200])),
+                             top_p=float(rng.choice([1.0, 0.95, 0.6])), min_p=float(rng.choice([0.0, 0.05, 0.3])),
+                             repeat_penalty=float(rng.choice([1.0, 1.3])), seed=int(rng.integers(1 << 30)))
+        hist = [int(t) for t in rng.integers(0, n, 20)]
+        s = Sampler(cfg)
+        fast = s.probs(lg, hist)
+        if trial % 4 == 3:  # ties: the reference's argpartition may keep any of them; the full sort's lowest ids
+            lp = s.penalize(lg, hist)
+            keep = np.arange(n)
+            order = keep[np.lexsort((keep, -lp))][: min(cfg.top_k, n)]
+            ids, q = s.candidates(lg, hist)
+            assert set(ids) <= set(order) and list(ids) == list(order[: len(ids)])
+        else:
+            np.testing.assert_array_equal(fast, s.probs_reference(lg, hist))
+        a, b = Sampler(cfg), Sampler(cfg)
+        for _ in range(5):
+            assert a.draw(fast) == b.draw_sparse(*b.candidates(lg, hist))
+        assert a.rng.random() == b.rng.random()  # both generators advanced alike
+
+
+def test_fast_candidates_with_non_finite_logits():
+    """-inf entries (masked tokens) are never kept while finite ones remain; a NaN row takes the
+    reference's path instead of losing every candidate."""
+    rng = np.random.default_rng()
+    lg = rng.standard_normal(262144).astype(np.float32)
+    lg[:200000] = -np.inf
+    s = Sampler(SamplingConfig(temp=0.8, top_k=40, top_p=1.0, min_p=0.0))
+    ids, q = s.candidates(lg)
+    assert len(ids) == 40 and ids.min() >= 200000 and abs(q.sum() - 1) < 1e-12
+    np.testing.assert_array_equal(s.probs(lg), s.probs_reference(lg))
+    lg[5] = np.nan
+    ids, q = s.candidates(lg)
+    assert len(ids) >= 1

@@ -470,6 +470,14 @@ class LayerKV:
             out = rotate_small(np.ascontiguousarray(out), self.cv, inverse=True)
         return out[..., : q.shape[-1]]
 
+    def _native_ptrs(self) -> tuple:
+        """(k, v, pos, their addresses) for the native kernels, refreshed when _grow replaced them."""
+        ptrs = self._ptrs
+        if ptrs is None or ptrs[0] is not self.k or ptrs[1] is not self.v or ptrs[2] is not self.pos:
+            ptrs = self._ptrs = (self.k, self.v, self.pos, self.k.ctypes.data, self.v.ctypes.data,
+                                 self.pos.ctypes.data)
+        return ptrs
+
     def _attend_native(self, q, p, scale, new_k, new_v, new_o) -> np.ndarray | None:
         """_attend_step on a plain f16 layer through engine/native/attn.c: the same cells in the
         same order (the old ones by slot, the token itself last), one call for the selection, the
@@ -483,10 +491,7 @@ class LayerKV:
         if lib is None:
             return None
         self.write(new_k, new_v, np.array([p], np.int64), new_o)
-        ptrs = self._ptrs
-        if ptrs is None or ptrs[0] is not self.k or ptrs[1] is not self.v or ptrs[2] is not self.pos:
-            ptrs = self._ptrs = (self.k, self.v, self.pos, self.k.ctypes.data, self.v.ctypes.data,
-                                 self.pos.ctypes.data)
+        ptrs = self._native_ptrs()
         q = np.ascontiguousarray(q, np.float32)
         out = np.empty(q.shape, np.float32)
         if self.sliding:
@@ -514,9 +519,9 @@ class LayerKV:
         if lib is None:
             return None
         hi = p if max_pos is None else min(p, max_pos)
+        ptrs = self._native_ptrs()
         if self.sliding:
-            lo = max(p - self.window + 1, 0)
-            pos_ptr = self.pos.ctypes.data
+            lo, pos_ptr = max(p - self.window + 1, 0), ptrs[5]
         else:
             lo, hi, pos_ptr = 0, min(hi, self.n - 1), None
         if hi < lo or (self.sliding and not np.any((self.pos >= lo) & (self.pos <= hi))):
@@ -524,7 +529,7 @@ class LayerKV:
         q = np.ascontiguousarray(q, np.float32)
         out = np.empty(q.shape, np.float32)
         hkv, hd = self.n_head_kv, self.head_dim
-        rc = lib.ts_attn_f16(self.k.ctypes.data, self.v.ctypes.data, hkv * hd, pos_ptr, self.cap, lo, hi, -1,
+        rc = lib.ts_attn_f16(ptrs[3], ptrs[4], hkv * hd, pos_ptr, self.cap, lo, hi, -1,
                              q.ctypes.data, q.shape[1], hkv, hd, scale, out.ctypes.data)
         if rc < 0:
             raise RuntimeError(f"ts_attn_f16 refused a read of layer {self.layer} at position {p} (rc {rc})")
@@ -552,10 +557,7 @@ class LayerKV:
             return None
         kp, vp, ko = self.encode(k_new, v_new, qpos)
         self.write(kp, vp, np.asarray(qpos, np.int64), ko)
-        ptrs = self._ptrs
-        if ptrs is None or ptrs[0] is not self.k or ptrs[1] is not self.v or ptrs[2] is not self.pos:
-            ptrs = self._ptrs = (self.k, self.v, self.pos, self.k.ctypes.data, self.v.ctypes.data,
-                                 self.pos.ctypes.data)
+        ptrs = self._native_ptrs()
         q = np.ascontiguousarray(q, np.float32)
         out = np.empty(q.shape, np.float32)
         qp = np.ascontiguousarray(qpos, np.int64)

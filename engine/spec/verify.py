@@ -49,25 +49,22 @@ def verify_sampling(
     history: list[int],
     q: list[np.ndarray] | None = None,
 ) -> Verdict:
-    """Speculative rejection sampling; ``q[i]`` dense draft distributions (None = one-hot)."""
+    """Speculative rejection sampling; ``q[i]`` dense draft distributions (None = one-hot:
+    _verify_sampling_one_hot)."""
     hist = list(history)
     rng = sampler.rng
     if q is None:
         return _verify_sampling_one_hot(logits, drafts, sampler, hist)
     for i, d in enumerate(drafts):
         p = sampler.probs(logits[i], hist)
-        qi = None if q is None else np.asarray(q[i], dtype=np.float64)
-        qd = 1.0 if qi is None else float(qi[d])
+        qi = np.asarray(q[i], dtype=np.float64)
+        qd = float(qi[d])
         pd = float(p[d])
         # accept with probability min(1, p/q); q(d) > 0 whenever the drafter could draw d
         if qd > 0 and (pd >= qd or rng.random() * qd < pd):
             hist.append(d)
             continue
-        if qi is None:
-            r = p.copy()
-            r[d] = 0.0
-        else:
-            r = np.maximum(p - qi, 0.0)
+        r = np.maximum(p - qi, 0.0)
         s = r.sum()
         # s == 0 only when p == q exactly, where rejection has probability 0; fall back to p
         t = sampler.draw(r / s) if s > 0 else sampler.draw(p)

@@ -86,10 +86,9 @@ def _verify_sampling_one_hot(logits: np.ndarray, drafts: list[int], sampler, his
         if pd >= 1.0 or rng.random() < pd:
             hist.append(d)
             continue
-        if len(at):
-            ids, p = np.delete(ids, at[0]), np.delete(p, at[0])
-        s = p.sum()
-        t = sampler.draw_sparse(ids, p / s) if s > 0 else sampler.draw_sparse(*sampler.candidates(logits[i], hist))
+        r_ids, r = (np.delete(ids, at[0]), np.delete(p, at[0])) if len(at) else (ids, p)
+        s = r.sum()
+        t = sampler.draw_sparse(r_ids, r / s) if s > 0 else sampler.draw_sparse(ids, p)
         return Verdict(i, list(drafts[:i]) + [t])
     bonus = sampler.draw_sparse(*sampler.candidates(logits[len(drafts)], hist))
     return Verdict(len(drafts), list(drafts) + [bonus])

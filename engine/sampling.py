@@ -146,14 +146,18 @@ BLOCK = 256  # _top_k's blocks: 1,024 maxima for the default model's 262,144 log
 
 def _top_k(lg: np.ndarray, k: int) -> np.ndarray:
     """The ids of the k largest logits, by logit descending, ties lower id first (a row with a
-    NaN takes the reference's argpartition: a NaN threshold would pass nothing)."""
+    NaN takes the reference's argpartition: a NaN threshold would pass nothing; a row with fewer
+    blocks than k, the full sort)."""
     n = lg.shape[0]
     nb = n // BLOCK
     maxima = lg[: nb * BLOCK].reshape(nb, BLOCK).max(axis=1) if nb else lg[:0]
     maxima = np.concatenate([maxima, lg[nb * BLOCK :]])  # the tail: each entry its own block
-    if len(maxima) < k or np.isnan(maxima).any():
+    if np.isnan(maxima).any():
         keep = np.argpartition(-lg, k - 1)[:k]
         return keep[np.lexsort((keep, -lg[keep]))]
+    if len(maxima) < k:  # a small row (fewer blocks than k): the full sort, ties to the lowest ids
+        keep = np.arange(n)
+        return keep[np.lexsort((keep, -lg))][:k]
     t = np.partition(maxima, len(maxima) - k)[len(maxima) - k]  # k distinct blocks reach t
     keep = np.flatnonzero(lg >= t)
     return keep[np.lexsort((keep, -lg[keep]))][:k]

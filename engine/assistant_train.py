@@ -509,6 +509,7 @@ class TrainConfig:
     max_steps: int = 0  # 0 = from epochs
     qtype: str = "q8_0"
     init: str = ""  # an assistant GGUF to start from (its weights, centroids and token_ordering)
+    grow: bool = False  # --init may be narrower (n_ff) or shallower (n_layer): see grow_from
     kv_cache: str = ""  # "K/V" cache types: also train on the source K/V as that cache hands them back
     kv_cache_p: float = 0.5  # the share of sequences (drawn per batch) that see the round-tripped K/V
     extra: dict = field(default_factory=dict)
@@ -607,7 +608,7 @@ PARAM_OF = {"mtp.pre_projection.weight": "pre", "mtp.post_projection.weight": "p
             "output_norm.weight": "out_norm", "mtp.centroids.weight": "centroids"}
 
 
-def load_init(path: str, cfg: AssistantConfig, target_arch: str) -> dict[str, np.ndarray]:
+def load_init(path: str, cfg: AssistantConfig, target_arch: str, grow: bool = False) -> dict[str, np.ndarray]:
     """An existing assistant's tensors (float32, dequantized) and token_ordering (``order``), to
     fine-tune from (``--init``); it must have this run's shape. The file's q8_0 rounding becomes
     the starting point: the first steps lift it back to float32."""
@@ -617,15 +618,63 @@ def load_init(path: str, cfg: AssistantConfig, target_arch: str) -> dict[str, np
     c = a.cfg
     mine = (cfg.n_layer, cfg.n_embd, cfg.n_ff, cfg.n_head, cfg.n_vocab, cfg.n_centroids, cfg.use_target_embeddings)
     theirs = (c.n_layer, c.n_embd, c.n_ff, c.n_head, c.n_vocab, c.n_centroids, c.use_target_embeddings)
-    if mine != theirs or c.requires_target_arch != target_arch or a.token_ordering is None:
+    grows = grow and mine[1:2] + mine[3:] == theirs[1:2] + theirs[3:] and (
+        cfg.n_layer >= c.n_layer and cfg.n_ff >= c.n_ff and (cfg.n_layer, cfg.n_ff) != (c.n_layer, c.n_ff))
+    if (mine != theirs and not grows) or c.requires_target_arch != target_arch or a.token_ordering is None:
+        hint = ("with --grow, --layers/--n-ff may only be larger than the file's and the rest must match" if grow
+                else "pass matching --layers/--n-ff/--heads, --grow to widen or deepen it, or another --init")
         raise UserError(
             f"--init {path}: its shape (layers, width, ffn, heads, vocab, centroids, target rows) {theirs} "
-            f"differs from this run's {mine}; pass matching --layers/--n-ff/--heads or another --init"
+            f"differs from this run's {mine}; {hint}"
         )
     t = a.named_tensors()
     t = {k: np.ascontiguousarray(v, np.float32) for k, v in t.items()}
     t["order"] = a.token_ordering
+    t["n_layer"], t["n_ff"] = c.n_layer, c.n_ff
     return t
+
+
+def grow_from(model: TorchAssistant, init: dict) -> list[tuple[str, str]]:
+    """Copy a smaller --init assistant into ``model`` so that the larger model computes exactly the
+    same function (Net2Net-style growth, --grow), and return the (init name, param) pairs copied.
+
+    - FFN width n_ff0 -> n_ff: the old units keep their rows; the new units' ffn_gate/ffn_up rows
+      keep the fresh random init and their ffn_down columns are zero, so they add nothing until
+      training moves those columns (they get gradients at once: the new units' activations are not
+      zero).
+    - Depth n_layer0 -> n_layer: old layers 0..n_layer0-2 stay in place, the old last (global) layer
+      becomes the new last layer, and the new sliding layers sit between them. A new layer's
+      post_attention_norm and post_ffw_norm weights are zero, so x passes through it unchanged;
+      their gradient (normalised branch output x upstream gradient) is not zero, so the layer opens
+      up smoothly. A zero ffn_down instead would not do: the post-norm rescales any small branch
+      output to unit RMS, a jump after the first step.
+    """
+    n0, f0 = int(init["n_layer"]), int(init["n_ff"])
+    n1 = model.cfg.n_layer
+    where = {i: (i if i < n0 - 1 else n1 - 1) for i in range(n0)}
+    params = dict(model.named_parameters())
+    done = []
+    with torch.no_grad():
+        for name, arr in init.items():
+            if name in PARAM_OF:
+                params[PARAM_OF[name]].copy_(torch.from_numpy(arr))
+                done.append((name, PARAM_OF[name]))
+            elif name.startswith("blk."):
+                _, i, rest = name.split(".", 2)
+                key = f"layers.{where[int(i)]}.{rest.removesuffix('.weight')}"
+                p, a = params[key], torch.from_numpy(arr)
+                if rest.startswith(("ffn_gate", "ffn_up")):
+                    p[:f0].copy_(a)
+                elif rest.startswith("ffn_down"):
+                    p.zero_()
+                    p[:, :f0].copy_(a)
+                else:
+                    p.copy_(a)
+                done.append((name, key))
+        for j in set(range(n1)) - set(where.values()):
+            params[f"layers.{j}.post_attention_norm"].zero_()
+            params[f"layers.{j}.post_ffw_norm"].zero_()
+    return done
 
 
 def cache_view(s: dict, type_k: str, type_v: str) -> dict[str, np.ndarray]:
@@ -767,7 +816,7 @@ def train(model_path: Path, work: Path, tc: TrainConfig, resume: bool,
     clusters = work / "clusters.npz"
     init = None
     if tc.init and not (resume and (work / CKPT).exists()):
-        init = load_init(tc.init, cfg, g.arch)
+        init = load_init(tc.init, cfg, g.arch, tc.grow)
     if init is not None:  # its clusters are the ones its weights were trained with: resumes use them too
         cent, order = init["mtp.centroids.weight"], init["order"]
         np.savez(work / "clusters.tmp.npz", centroids=cent, order=order)
@@ -788,15 +837,11 @@ def train(model_path: Path, work: Path, tc: TrainConfig, resume: bool,
     model = TorchAssistant(cfg, E, None, tc.seed)
     model.centroids.data = torch.from_numpy(cent.copy())
     if init is not None:
-        with torch.no_grad():
-            params = dict(model.named_parameters())
-            for name, arr in init.items():
-                if name in PARAM_OF:
-                    params[PARAM_OF[name]].copy_(torch.from_numpy(arr))
-                elif name.startswith("blk."):
-                    _, i, rest = name.split(".", 2)
-                    params[f"layers.{i}.{rest.removesuffix('.weight')}"].copy_(torch.from_numpy(arr))
-        log(f"train: starting from {tc.init} (its weights, centroids and token_ordering)")
+        grow_from(model, init)  # the same shape: a plain copy
+        grown = (init["n_layer"], init["n_ff"]) != (cfg.n_layer, cfg.n_ff)
+        log(f"train: starting from {tc.init} (its weights, centroids and token_ordering)" + (
+            f", grown from {init['n_layer']} layers x FFN {init['n_ff']} to {cfg.n_layer} x {cfg.n_ff} "
+            "(the new units and layers start as no-ops)" if grown else ""))
     seqs = [s for s in load_shards(work, man) if (s["argmax"] >= 0).sum() > 0]
     n_tok = sum(int((s["argmax"] >= 0).sum()) for s in seqs)
     if tc.w_soft and not all("topv" in s for s in seqs):

@@ -58,6 +58,9 @@ def register(sub) -> None:
     p.add_argument("--init", default=None, metavar="GGUF",
                    help="start training from this assistant (its weights, centroids and token_ordering) instead "
                    "of a fresh one, e.g. to fine-tune the shipped assistant on more data")
+    p.add_argument("--grow", action="store_true",
+                   help="--init may have fewer layers or a narrower FFN than --layers/--n-ff: the new FFN units and "
+                   "layers start as exact no-ops, so training starts from the file's accuracy with more capacity")
     p.add_argument("--train-cache", default="", metavar="K/V",
                    help="also train on the source layers' K/V as a cache of these types hands them back (e.g. "
                    "q8_0/turbo3: encoded, decoded, unrotated), for the share --train-cache-p of the sequences; "
@@ -137,6 +140,8 @@ def cmd_train_assistant(args) -> int:
         raise UserError(f"--train-cache-p {args.train_cache_p} must be in (0, 1]")
     if args.init_tokens is not None and (args.init_tokens < 0 or not args.init):
         raise UserError(f"--init-tokens {args.init_tokens} needs --init and must be 0 or more")
+    if args.grow and not args.init:
+        raise UserError("--grow needs --init (the assistant to widen or deepen); pass --init HEAD.gguf")
     if args.init and not Path(args.init).is_file():
         raise UserError(f"--init {args.init}: no such file; pass an assistant GGUF (e.g. the shipped one)")
     out = Path(args.out)
@@ -159,7 +164,7 @@ def cmd_train_assistant(args) -> int:
     tc = at.TrainConfig(n_layer=args.layers, n_ff=args.n_ff, n_head=args.heads, draft_steps=args.draft_steps,
                         top_k_clusters=args.top_k_clusters, epochs=args.epochs, max_steps=args.steps, lr=args.lr,
                         batch_seqs=args.batch_seqs, w_soft=args.soft_weight, qtype=args.qtype, seed=args.seed,
-                        init=args.init or "", kv_cache=args.train_cache, kv_cache_p=args.train_cache_p)
+                        init=args.init or "", grow=args.grow, kv_cache=args.train_cache, kv_cache_p=args.train_cache_p)
     model, order, summary = at.train(model_path, work, tc, resume=args.resume or args.phase == "train", log=log)
     # a fine-tune (--init) counts the data and steps behind the assistant it started from as well,
     # each shard once

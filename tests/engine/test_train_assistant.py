@@ -20,6 +20,7 @@ from turbospec.engine.loader import load_model, load_tokenizer  # noqa: E402
 from turbospec.engine.models.gemma4_assistant import Gemma4Assistant  # noqa: E402
 from turbospec.engine.spec.loop import SpecConfig  # noqa: E402
 from turbospec.engine.spec.mtp import MTPDrafter  # noqa: E402
+from turbospec.errors import UserError  # noqa: E402
 
 PROMPTS = [("chat", "the cat is on the mat"), ("raw", "the dog and the cat"), ("chat", "a dog is on a mat")]
 
@@ -202,11 +203,8 @@ def test_tiny_training_loss_falls_and_file_drafts(target, tiny_gguf, tmp_path, c
     assert res.spec["n_drafted"] > 0
 
 
-def test_torch_assistant_step_matches_numpy_inference(target, tiny_gguf, tmp_path):
-    """What training computes (teacher-forced, all anchors at once) is what the drafter computes."""
-    from turbospec.engine.gguf import GGUFFile
-    from turbospec.engine.models.gemma3 import Gemma3Config
-
+def _prefilled_sequence(target):
+    """(session, ids, one training sequence dict) of a prompt longer than the tiny model's window."""
     model, tok = target
     c = model.cfg
     ids = tok.encode("the cat is on the mat and the dog is on", add_bos=True)
@@ -222,6 +220,70 @@ def test_torch_assistant_step_matches_numpy_inference(target, tiny_gguf, tmp_pat
         assert (lay.pos[:n] == np.arange(n)).all()
         seq[f"k_{name}"] = lay.k[:n].view(np.float16).reshape(n, c.n_head_kv, c.head_dim)
         seq[f"v_{name}"] = lay.v[:n].view(np.float16).reshape(n, c.n_head_kv, c.head_dim)
+    return s, ids, seq
+
+
+def _unrolled(tm, batch):
+    h_prev, outs = batch["H"], []
+    for st in batch["steps"]:
+        h_inner, h_prev = tm.step(st["tok"], h_prev, st["pos"], batch["kv"], st["masks"])
+        outs.append(h_inner)
+    return outs
+
+
+@pytest.mark.parametrize("shape", [(2, 96), (4, 48), (3, 80)])
+def test_grow_starts_as_the_same_function_and_can_learn(target, tiny_gguf, tmp_path, shape):
+    """--grow: a wider FFN and/or extra layers around a trained file compute exactly what the file
+    computes, and every new parameter group gets a gradient (or opens up after one step)."""
+    from turbospec.engine.gguf import GGUFFile
+    from turbospec.engine.models.gemma3 import Gemma3Config
+
+    model, tok = target
+    _, _, seq = _prefilled_sequence(target)
+    tcfg = Gemma3Config.from_gguf(GGUFFile.open(tiny_gguf))
+    E = torch.from_numpy(GGUFFile.open(tiny_gguf).dequantize("token_embd.weight"))
+    cfg0 = at.assistant_config_for(tcfg, "gemma3", at.TrainConfig(n_layer=2, n_ff=48, n_head=4))
+    small = at.TorchAssistant(cfg0, E, None, seed=3)
+    with torch.no_grad():
+        for p in small.parameters():
+            p.add_(torch.randn(p.shape) * 0.1)
+    order = np.random.default_rng(0).permutation(cfg0.n_vocab)
+    f = at.write_gguf(small, order, tmp_path / "small.gguf", tok.tokens, "f32")
+    cfg1 = at.assistant_config_for(tcfg, "gemma3", at.TrainConfig(n_layer=shape[0], n_ff=shape[1], n_head=4))
+    with pytest.raises(UserError, match="--grow"):
+        at.load_init(str(f), cfg1, "gemma3")
+    init = at.load_init(str(f), cfg1, "gemma3", grow=True)
+    big = at.TorchAssistant(cfg1, E, None, seed=5)
+    at.grow_from(big, init)
+    batch = at.make_batch([seq], cfg0, tcfg, 3)
+    with torch.no_grad():
+        ref = _unrolled(small, batch)
+    got = _unrolled(big, at.make_batch([seq], cfg1, tcfg, 3))
+    for a, b in zip(ref, got, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    loss = sum((h * torch.randn(h.shape)).sum() for h in got)
+    loss.backward()
+    new_layers = set(range(cfg0.n_layer - 1, cfg1.n_layer - 1))  # between the kept ones and the old last
+    assert len(new_layers) == cfg1.n_layer - cfg0.n_layer
+    for j, m in enumerate(big.layers):
+        if j in new_layers:  # a closed layer: its post-norm weights open it
+            assert m.post_attention_norm.grad.abs().sum() > 0 and m.post_ffw_norm.grad.abs().sum() > 0
+        elif cfg1.n_ff > cfg0.n_ff:  # the new units' down columns learn first
+            assert m.ffn_down.grad[:, cfg0.n_ff:].abs().sum() > 0
+    # a smaller --n-ff is not a growth
+    cfg2 = at.assistant_config_for(tcfg, "gemma3", at.TrainConfig(n_layer=2, n_ff=32, n_head=4))
+    with pytest.raises(UserError, match="only be larger"):
+        at.load_init(str(f), cfg2, "gemma3", grow=True)
+
+
+def test_torch_assistant_step_matches_numpy_inference(target, tiny_gguf, tmp_path):
+    """What training computes (teacher-forced, all anchors at once) is what the drafter computes."""
+    from turbospec.engine.gguf import GGUFFile
+    from turbospec.engine.models.gemma3 import Gemma3Config
+
+    model, tok = target
+    s, ids, seq = _prefilled_sequence(target)
+    n = len(ids)
     tcfg = Gemma3Config.from_gguf(GGUFFile.open(tiny_gguf))
     tc = at.TrainConfig(n_layer=2, n_ff=48, n_head=4)
     cfg = at.assistant_config_for(tcfg, "gemma3", tc)

@@ -634,9 +634,9 @@ def load_init(path: str, cfg: AssistantConfig, target_arch: str, grow: bool = Fa
     return t
 
 
-def grow_from(model: TorchAssistant, init: dict) -> list[tuple[str, str]]:
+def grow_from(model: TorchAssistant, init: dict) -> None:
     """Copy a smaller --init assistant into ``model`` so that the larger model computes exactly the
-    same function (Net2Net-style growth, --grow), and return the (init name, param) pairs copied.
+    same function (Net2Net-style growth, --grow); with equal shapes it is a plain copy.
 
     - FFN width n_ff0 -> n_ff: the old units keep their rows; the new units' ffn_gate/ffn_up rows
       keep the fresh random init and their ffn_down columns are zero, so they add nothing until
@@ -653,12 +653,10 @@ def grow_from(model: TorchAssistant, init: dict) -> list[tuple[str, str]]:
     n1 = model.cfg.n_layer
     where = {i: (i if i < n0 - 1 else n1 - 1) for i in range(n0)}
     params = dict(model.named_parameters())
-    done = []
     with torch.no_grad():
         for name, arr in init.items():
             if name in PARAM_OF:
                 params[PARAM_OF[name]].copy_(torch.from_numpy(arr))
-                done.append((name, PARAM_OF[name]))
             elif name.startswith("blk."):
                 _, i, rest = name.split(".", 2)
                 key = f"layers.{where[int(i)]}.{rest.removesuffix('.weight')}"
@@ -670,11 +668,9 @@ def grow_from(model: TorchAssistant, init: dict) -> list[tuple[str, str]]:
                     p[:, :f0].copy_(a)
                 else:
                     p.copy_(a)
-                done.append((name, key))
         for j in set(range(n1)) - set(where.values()):
             params[f"layers.{j}.post_attention_norm"].zero_()
             params[f"layers.{j}.post_ffw_norm"].zero_()
-    return done
 
 
 def cache_view(s: dict, type_k: str, type_v: str) -> dict[str, np.ndarray]:
@@ -837,7 +833,7 @@ def train(model_path: Path, work: Path, tc: TrainConfig, resume: bool,
     model = TorchAssistant(cfg, E, None, tc.seed)
     model.centroids.data = torch.from_numpy(cent.copy())
     if init is not None:
-        grow_from(model, init)  # the same shape: a plain copy
+        grow_from(model, init)
         grown = (init["n_layer"], init["n_ff"]) != (cfg.n_layer, cfg.n_ff)
         log(f"train: starting from {tc.init} (its weights, centroids and token_ordering)" + (
             f", grown from {init['n_layer']} layers x FFN {init['n_ff']} to {cfg.n_layer} x {cfg.n_ff} "

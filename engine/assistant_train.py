@@ -618,8 +618,8 @@ def load_init(path: str, cfg: AssistantConfig, target_arch: str, grow: bool = Fa
     c = a.cfg
     mine = (cfg.n_layer, cfg.n_embd, cfg.n_ff, cfg.n_head, cfg.n_vocab, cfg.n_centroids, cfg.use_target_embeddings)
     theirs = (c.n_layer, c.n_embd, c.n_ff, c.n_head, c.n_vocab, c.n_centroids, c.use_target_embeddings)
-    grows = grow and mine[1:2] + mine[3:] == theirs[1:2] + theirs[3:] and (
-        cfg.n_layer >= c.n_layer and cfg.n_ff >= c.n_ff and (cfg.n_layer, cfg.n_ff) != (c.n_layer, c.n_ff))
+    rest_equal = mine[1:2] + mine[3:] == theirs[1:2] + theirs[3:]  # all but layers and FFN width
+    grows = grow and rest_equal and cfg.n_layer >= c.n_layer and cfg.n_ff >= c.n_ff
     if (mine != theirs and not grows) or c.requires_target_arch != target_arch or a.token_ordering is None:
         hint = ("with --grow, --layers/--n-ff may only be larger than the file's and the rest must match" if grow
                 else "pass matching --layers/--n-ff/--heads, --grow to widen or deepen it, or another --init")

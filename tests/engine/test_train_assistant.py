@@ -297,12 +297,8 @@ def test_torch_assistant_step_matches_numpy_inference(target, tiny_gguf, tmp_pat
     a = Gemma4Assistant.load(out)
     a.validate(model, tok.tokens)
     batch = at.make_batch([seq], cfg, tcfg, 3)
-    h_prev = batch["H"]
-    outs = []
     with torch.no_grad():
-        for st in batch["steps"]:
-            h_inner, h_prev = tm.step(st["tok"], h_prev, st["pos"], batch["kv"], st["masks"])
-            outs.append(h_inner[0].numpy())
+        outs = [h_inner[0].numpy() for h_inner in _unrolled(tm, batch)]
     for t in (2, n - 6, n - 4):
         h = s.hidden[t]
         for k in range(3):

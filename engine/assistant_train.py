@@ -610,7 +610,8 @@ PARAM_OF = {"mtp.pre_projection.weight": "pre", "mtp.post_projection.weight": "p
 
 def load_init(path: str, cfg: AssistantConfig, target_arch: str, grow: bool = False) -> dict[str, np.ndarray]:
     """An existing assistant's tensors (float32, dequantized) and token_ordering (``order``), to
-    fine-tune from (``--init``); it must have this run's shape. The file's q8_0 rounding becomes
+    fine-tune from (``--init``); it must have this run's shape (with ``grow``: no more layers and no
+    wider FFN than this run's, the rest equal — grow_from fills the difference). The file's q8_0 rounding becomes
     the starting point: the first steps lift it back to float32."""
     from turbospec.engine.models.gemma4_assistant import Gemma4Assistant
 

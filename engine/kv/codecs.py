@@ -45,6 +45,13 @@ from turbospec.errors import UserError
 CODECS: tuple[str, ...] = ("f16", "q8_0", "q4_0", "turbo4", "turbo3", "turbo2", "turbo4lm")
 
 F16_MAX_FINITE = 65520.0  # the smallest magnitude that rounds to inf in IEEE half
+# q8_0 and turbo blocks encode and decode through engine/native/kvcodec.c when it is built (the
+# same bytes and values as the NumPy code below, which stays the reference; tests switch this off)
+NATIVE_CODECS = True
+
+
+def _native_lib():
+    return native.library() if NATIVE_CODECS else None
 
 # Codebooks in the rotated, normalised domain (DESIGN.md), positive halves, ascending.
 _HALF_BOOKS = {
@@ -225,6 +232,12 @@ class Q8_0Codec(Codec):
     name, block, type_size = "q8_0", 32, 34
 
     def _encode_blocks(self, b, lead):
+        lib = _native_lib()
+        if lib is not None:
+            b = np.ascontiguousarray(b, np.float32)
+            out = np.empty((b.shape[0], self.type_size), np.uint8)
+            if native.kv_encode(lib, "q8_0", b, out):
+                return out  # (False: a scale overflows; the reference below names the block)
         # bit-exact with gguf.quants (ggml's quantize_row_q8_0_ref): d = amax/127, q = roundf(x/d)
         d = np.abs(b).max(axis=1, keepdims=True) / np.float32(127)
         inv = np.zeros_like(d)
@@ -240,6 +253,10 @@ class Q8_0Codec(Codec):
         return out
 
     def _decode_blocks(self, p, out):
+        lib = _native_lib()
+        if lib is not None and p.flags.c_contiguous and out.flags.c_contiguous:
+            native.kv_decode(lib, "q8_0", p, out)
+            return
         d = p[:, :2].copy().view("<f2").astype(np.float32)
         np.multiply(p[:, 2:].view(np.int8), d, out=out, casting="unsafe")
 
@@ -339,6 +356,12 @@ class TurboCodec(Codec):
         return idx
 
     def _encode_blocks(self, g, lead):
+        lib = _native_lib()
+        if lib is not None:
+            g = np.ascontiguousarray(g, np.float32)
+            out = np.empty((g.shape[0], self.type_size), np.uint8)
+            if native.kv_encode(lib, "turbo", g, out, self.book, self.mids, self.bits):
+                return out  # (False: a norm overflows; the reference below names the block)
         # columns layout (128, M): every step below is a long contiguous ufunc pass
         m = g.shape[0]
         gt = np.array(g.T, dtype=np.float32, order="C")
@@ -385,6 +408,10 @@ class TurboCodec(Codec):
         return idx, self._norms(p)[:, 0]
 
     def _decode_blocks(self, p, out):
+        lib = _native_lib()
+        if lib is not None and p.flags.c_contiguous and out.flags.c_contiguous:
+            native.kv_decode(lib, "turbo", p, out, self.book, self.bits)
+            return
         m = p.shape[0]
         if self.bits == 3:
             # one gather per 4 values: key = qs byte << 4 | the 4 matching sign bits

@@ -1,12 +1,13 @@
 """Native CPU kernels: C sources in this folder, built with the system C compiler on first use
 and loaded with ctypes. The CPU engine stays NumPy; these replace only the few products where
 NumPy has no batch-invariant fast path (engine/linear.py says which), the f16 cache's widening
-(f16.c) and one decode token's attention over an f16 cache (attn.c, where NumPy's ~25 small calls
+(f16.c), the quantized cache types' block codecs (kvcodec.c: q8_0 and turbo2/3/4, bit-identical)
+and one decode token's attention over an f16 cache (attn.c, where NumPy's ~25 small calls
 a layer cost more than the arithmetic) and, for decode batches, block-int8 weights times int8
 activations (q8act.c, AVX-512 VNNI, AVX-VNNI or AVX2; linear.ACT_INT8); pool.c splits a decode
 product's rows over the threads in one call. Each kernel has its
 NumPy reference in the module that calls it, and tests compare them (tests/engine/test_native.py,
-test_blockint8.py, test_native_attn.py, test_q8act.py).
+test_blockint8.py, test_native_attn.py, test_q8act.py, test_kv_codecs.py).
 
 Builds are cached under ``cache_dir()/native`` by the hash of the source, the flags, the
 compiler's version and this CPU's feature flags (``-march=native`` code must never be loaded on
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("rowint16.c", "f16.c", "attn.c", "q8act.c", "pool.c")
+SOURCES = ("rowint16.c", "f16.c", "attn.c", "q8act.c", "pool.c", "kvcodec.c")
 CFLAGS = ("-O3", "-std=c11", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-strict-aliasing")
 ARCH_FLAGS = (("-march=native",), ())  # tried in order: the first that builds wins
 
@@ -148,6 +149,16 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.ts_pool_q8act.restype = ctypes.c_int
     lib.ts_pool_threads.restype = ctypes.c_int
     lib.ts_pool_stop.restype = ctypes.c_int
+    lib.ts_f32_to_f16.argtypes = [P, P, L]
+    lib.ts_f32_to_f16.restype = None
+    lib.ts_q8_0_encode.argtypes = [P, L, P]
+    lib.ts_q8_0_encode.restype = ctypes.c_int
+    lib.ts_q8_0_decode.argtypes = [P, L, P]
+    lib.ts_q8_0_decode.restype = None
+    lib.ts_turbo_encode.argtypes = [P, L, ctypes.c_int, P, P, L, P]
+    lib.ts_turbo_encode.restype = ctypes.c_int
+    lib.ts_turbo_decode.argtypes = [P, L, ctypes.c_int, P, P]
+    lib.ts_turbo_decode.restype = ctypes.c_int
 
 
 def _load() -> tuple[ctypes.CDLL | None, NativeStatus]:
@@ -320,3 +331,35 @@ def q8act_gather(lib: ctypes.CDLL, qv: np.ndarray, d: np.ndarray, m: np.ndarray 
                  h: np.ndarray) -> np.ndarray:
     """q8act_matmul's product for the rows ``idx`` (int64, in range) and one token h (K,)."""
     return _block_gather(lib.ts_q8act_gather, "a multiple of G", qv, d, m, idx, h)
+
+
+def f32_to_f16(lib: ctypes.CDLL, x: np.ndarray) -> np.ndarray:
+    """kvcodec.c's float -> half conversion (round to nearest even) of float32 x, as uint16."""
+    x = np.ascontiguousarray(x, np.float32)
+    out = np.empty(x.shape, np.uint16)
+    lib.ts_f32_to_f16(_ptr(x), _ptr(out), x.size)
+    return out
+
+
+def kv_encode(lib: ctypes.CDLL, name: str, blocks: np.ndarray, out: np.ndarray, book: np.ndarray | None = None,
+              mids: np.ndarray | None = None, bits: int = 0) -> bool:
+    """Encode float32 blocks (M, 32) for q8_0 or (M, 128) for turbo (``bits``, its ``book`` and
+    ``mids``) into out uint8 (M, type size), all C-contiguous. False: a scale or norm would
+    overflow f16 (the caller runs the NumPy reference, which names the block)."""
+    m = blocks.shape[0]
+    if name == "q8_0":
+        return lib.ts_q8_0_encode(_ptr(blocks), m, _ptr(out)) == 0
+    rc = lib.ts_turbo_encode(_ptr(blocks), m, bits, _ptr(book), _ptr(mids), mids.size, _ptr(out))
+    if rc < 0:
+        raise ValueError(f"ts_turbo_encode: {bits} bits (2, 3 or 4) with {mids.size} midpoints")
+    return rc == 0
+
+
+def kv_decode(lib: ctypes.CDLL, name: str, packed: np.ndarray, out: np.ndarray, book: np.ndarray | None = None,
+              bits: int = 0) -> None:
+    """Decode uint8 blocks (M, type size) into float32 out (M, block), both C-contiguous."""
+    m = packed.shape[0]
+    if name == "q8_0":
+        lib.ts_q8_0_decode(_ptr(packed), m, _ptr(out))
+    elif lib.ts_turbo_decode(_ptr(packed), m, bits, _ptr(book), _ptr(out)):
+        raise ValueError(f"ts_turbo_decode: {bits} bits (2, 3 or 4)")

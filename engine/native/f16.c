@@ -41,6 +41,9 @@ static inline float half_to_float(uint16_t h) {
   return f;
 }
 
+/* the conversion above for the other kernels (kvcodec.c) */
+float ts_half_to_float(uint16_t h) { return half_to_float(h); }
+
 const char* ts_f16_isa(void) {
 #if defined(__AVX512F__)
   return "avx512";

@@ -487,3 +487,101 @@ def test_input_dtype_and_layout(name):
     p = c.encode(x32)
     assert np.array_equal(c.decode(p[::2]), c.decode(p)[::2])
     assert c.encode(np.zeros((0, 256), np.float32)).shape == (0, 256 // c.block * c.type_size)
+
+
+# -- the native codecs (engine/native/kvcodec.c) == the NumPy codecs -------------------------
+
+
+def _native_or_skip():
+    from turbospec.engine import native
+
+    lib = native.library()
+    if lib is None:
+        pytest.skip(f"native kernels unavailable: {native.status().reason}")
+    return lib
+
+
+def _numpy_codec(monkeypatch, name, fn, *args):
+    from turbospec.engine.kv import codecs
+
+    monkeypatch.setattr(codecs, "NATIVE_CODECS", False)
+    try:
+        return fn(*args)
+    finally:
+        monkeypatch.setattr(codecs, "NATIVE_CODECS", True)
+
+
+@pytest.mark.parametrize("name", ["q8_0", *TURBO])
+def test_native_codec_equals_numpy_codec(name, monkeypatch):
+    _native_or_skip()
+    rng, seed = fresh_rng()
+    c = get_codec(name)
+    n = 300
+    x = (rng.standard_normal((n, 256)) * rng.uniform(1e-6, 300, (n, 1))).astype(np.float32)
+    x[0] = 0
+    x[1] = 1e-12  # below the turbo norm floor
+    x[2] = rng.standard_normal(256).astype(np.float32)
+    x[2, ::7] *= -100  # outliers
+    x[3] = np.float32(1.0)
+    if c.block == 128:  # groups whose rotated values sit on, just below and just above the midpoints
+        mids = midpoints(c.book)
+        for i, r in enumerate((mids, np.nextafter(mids, np.float32(-1)), np.nextafter(mids, np.float32(1)))):
+            g = np.resize(r, 128).astype(np.float32)
+            x[4 + i, :128] = rotation.unrotate(g[None])[0] * np.float32(3.5)
+    p = c.encode(x)
+    pn = _numpy_codec(monkeypatch, name, c.encode, x)
+    assert np.array_equal(p, pn), f"seed {seed}: {(p != pn).sum()} bytes differ"
+    d = c.decode(p)
+    dn = _numpy_codec(monkeypatch, name, c.decode, p)
+    assert np.array_equal(d.view(np.uint32), dn.view(np.uint32)), f"seed {seed}"
+    # arbitrary bytes decode alike, and decode_into too
+    junk = rng.integers(0, 256, (40, 2 * c.type_size * (256 // c.block) // 2), dtype=np.uint8)
+    junk.reshape(40, -1, c.type_size)[:, :, 0:2] = rng.integers(0, 0x7c00, (40, junk.shape[1] // c.type_size, 1),
+                                                                 dtype=np.uint16).view(np.uint8).reshape(40, -1, 2)
+    out = np.empty((40, 256), np.float32)
+    c.decode_into(junk, out)
+    dj = _numpy_codec(monkeypatch, name, c.decode, junk)
+    assert np.array_equal(out.view(np.uint32), dj.view(np.uint32)), f"seed {seed}"
+
+
+def test_native_float_to_half_equals_numpy():
+    from turbospec.engine import native
+
+    lib = _native_or_skip()
+    rng, seed = fresh_rng()
+    start = int(rng.integers(0, 4099))
+    bits = np.arange(start, 2**32, 4099, dtype=np.uint64).astype(np.uint32)  # ~1M patterns over every range
+    f = bits.view(np.float32)
+    h = native.f32_to_f16(lib, f)
+    with np.errstate(over="ignore"):
+        want = f.astype(np.float16).view(np.uint16)
+    num = ~np.isnan(f)
+    assert np.array_equal(h[num], want[num]), f"start {start}"
+    assert np.isnan(h[~num].view(np.float16)).all()
+    # every rounding boundary of the half grid: the tie and its float neighbours
+    grid = np.arange(0, 0x7c00, dtype=np.uint16).view(np.float16).astype(np.float32)
+    ties = ((grid[:-1].astype(np.float64) + grid[1:]) / 2).astype(np.float32)
+    for v in (ties, np.nextafter(ties, np.float32(0)), np.nextafter(ties, np.float32(np.inf)), -ties):
+        with np.errstate(over="ignore"):
+            assert np.array_equal(native.f32_to_f16(lib, v), v.astype(np.float16).view(np.uint16))
+
+
+def test_native_codec_portable_build_agrees(monkeypatch):
+    """kvcodec.c has no vector intrinsics; the generic build's bytes equal this build's."""
+    from turbospec.engine import native
+
+    _native_or_skip()
+    path, why = native.build(native.compiler(), ((),))
+    assert path is not None, why
+    portable = native.open_library(path)
+    rng, seed = fresh_rng()
+    x = (rng.standard_normal((64, 128)) * rng.uniform(1e-3, 50, (64, 1))).astype(np.float32)
+    for name in ("q8_0", "turbo3", "turbo4"):
+        c = get_codec(name)
+        blocks = np.ascontiguousarray(x.reshape(-1, c.block))
+        a = np.empty((blocks.shape[0], c.type_size), np.uint8)
+        b = np.empty_like(a)
+        kw = {} if name == "q8_0" else {"book": c.book, "mids": c.mids, "bits": c.bits}
+        assert native.kv_encode(native.library(), name, blocks, a, **kw)
+        assert native.kv_encode(portable, name, blocks, b, **kw)
+        assert np.array_equal(a, b), f"{name}, seed {seed}"
